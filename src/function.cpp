@@ -1,0 +1,75 @@
+#include "graddrop/function.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include "graddrop/combine.h"
+
+namespace graddrop {
+
+optional<GradDropStatistics> StatisticsRecord::last() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return last_;
+}
+
+void StatisticsRecord::set(GradDropStatistics statistics) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  last_ = std::move(statistics);
+}
+
+torch::autograd::variable_list GradDropFunction::forward(torch::autograd::AutogradContext* ctx,
+                                                         const at::Tensor& activation,
+                                                         c10::intrusive_ptr<GradDropCall> call) {
+  TORCH_CHECK(call, "GradDropFunction: call must not be null");
+  call->options.validate();
+  // Backward must see which heads produced no gradient (undefined = zero, and the misuse check).
+  ctx->set_materialize_grads(false);
+  ctx->save_for_backward({activation});
+  const int64_t num_tasks = call->options.num_tasks();
+  ctx->saved_data["call"] = std::move(call);
+  // Aliases, not copies: each head gets its own output so autograd routes its gradient to its
+  // own slot of backward's grad_outputs.
+  torch::autograd::variable_list outputs;
+  outputs.reserve(static_cast<size_t>(num_tasks));
+  for (int64_t task = 0; task < num_tasks; ++task) outputs.push_back(activation.alias());
+  return outputs;
+}
+
+torch::autograd::variable_list GradDropFunction::backward(
+    torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grad_outputs) {
+  for (const auto& grad : grad_outputs) {
+    TORCH_CHECK(!(grad.defined() && grad.requires_grad()),
+                "GradDropFunction is not twice differentiable: its random masks have no "
+                "gradient; call backward without create_graph=true");
+  }
+  const auto call = ctx->saved_data["call"].toCustomClass<GradDropCall>();
+  const auto activation = ctx->get_saved_variables()[0];
+
+  int64_t defined = 0;
+  for (const auto& grad : grad_outputs) defined += grad.defined();
+  if (defined == 0) return {at::Tensor(), at::Tensor()};
+  if (defined == 1 && grad_outputs.size() > 1) {
+    TORCH_WARN_ONCE(
+        "GradDropFunction received the gradient of only one of its ", grad_outputs.size(),
+        " heads. If the task losses were backpropagated separately (L1.backward(); "
+        "L2.backward()), every call sees one task and GradDrop has nothing to combine: call "
+        "backward once on the sum of the losses.");
+  }
+
+  if (call->options.record_statistics() && call->record) {
+    GradDropStatistics statistics;
+    auto combined = combine(grad_outputs, activation, call->options, call->generator, nullopt,
+                            &statistics);
+    call->record->set(std::move(statistics));
+    return {combined, at::Tensor()};
+  }
+  return {combine(grad_outputs, activation, call->options, call->generator), at::Tensor()};
+}
+
+}  // namespace graddrop
+
+// GradDropCall travels through the autograd context's saved_data, which holds IValues.
+TORCH_LIBRARY_FRAGMENT(graddrop, m) {
+  m.class_<graddrop::GradDropCall>("GradDropCall");
+}

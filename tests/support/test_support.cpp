@@ -1,0 +1,160 @@
+#include "test_support.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+
+namespace graddrop {
+namespace testing {
+
+uint64_t test_seed() {
+  static const uint64_t seed = [] {
+    const char* fixed = std::getenv("GRADDROP_TEST_SEED");
+    const uint64_t value =
+        fixed != nullptr
+            ? std::strtoull(fixed, nullptr, 10)
+            : static_cast<uint64_t>(
+                  std::chrono::high_resolution_clock::now().time_since_epoch().count() % 1000000007);
+    std::cout << "[graddrop tests] seed " << value << " (replay with GRADDROP_TEST_SEED=" << value
+              << ")" << std::endl;
+    return value;
+  }();
+  return seed;
+}
+
+at::Generator seeded_generator(uint64_t salt) {
+  const uint64_t seed = test_seed() * 1000003ull + salt;
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  if (info != nullptr) {
+    std::cout << "[graddrop tests] " << info->test_suite_name() << "." << info->name()
+              << " generator seed " << seed << std::endl;
+  }
+  return at::detail::createCPUGenerator(seed);
+}
+
+at::Tensor random_activation(at::IntArrayRef sizes, at::ScalarType dtype,
+                             at::Generator& generator) {
+  auto values = at::randn(sizes, generator, at::TensorOptions().dtype(at::kDouble));
+  // About 5% exact zeros, so sign(A) = 0 and zero signals occur.
+  auto zeros = at::rand(sizes, generator, at::TensorOptions().dtype(at::kDouble)) < 0.05;
+  return values.masked_fill(zeros, 0.0).to(dtype);
+}
+
+std::vector<at::Tensor> random_grads(const at::Tensor& activation, int64_t num_tasks,
+                                     at::Generator& generator, int64_t undefined_every) {
+  std::vector<at::Tensor> grads;
+  for (int64_t task = 0; task < num_tasks; ++task) {
+    if (undefined_every > 0 && num_tasks > 1 && task % undefined_every == undefined_every - 1) {
+      grads.emplace_back();
+      continue;
+    }
+    grads.push_back(at::randn(activation.sizes(), generator,
+                              at::TensorOptions().dtype(at::kDouble))
+                        .to(activation.scalar_type()));
+  }
+  return grads;
+}
+
+std::vector<double> mixed_leaks(int64_t num_tasks, at::Generator& generator) {
+  auto values = at::rand({num_tasks}, generator, at::TensorOptions().dtype(at::kDouble));
+  std::vector<double> leaks(values.data_ptr<double>(), values.data_ptr<double>() + num_tasks);
+  for (int64_t task = 0; task < num_tasks; ++task) {
+    if (task % 3 == 0) leaks[task] = 0.0;
+    if (task % 5 == 4) leaks[task] = 1.0;
+  }
+  return leaks;
+}
+
+at::Tensor separated_uniform(const std::vector<at::Tensor>& grads, const at::Tensor& activation,
+                             const GradDropOptions& options, at::Generator& generator,
+                             double margin) {
+  const auto shape = options.marginalize_batch()
+                         ? activation.sizes().slice(1).vec()
+                         : activation.sizes().vec();
+  auto uniform = at::rand(shape, generator, at::TensorOptions().dtype(at::kFloat));
+  // The reference's f(P) does not depend on U: compute it with any U.
+  const auto keep = reference::combine(grads, activation, options, uniform).keep_probability;
+  auto draw = uniform.to(at::kDouble);
+  const auto too_close = (draw - keep).abs() < margin;
+  // Move U to the side of f(P) it was on, `2 * margin` away, flipping side at the ends.
+  auto moved = at::where(draw >= keep, keep + 2 * margin, keep - 2 * margin);
+  moved = at::where(moved >= 1.0, keep - 2 * margin, moved);
+  moved = at::where(moved < 0.0, keep + 2 * margin, moved);
+  draw = at::where(too_close, moved, draw).clamp(0.0, 1.0 - 1.0 / 16777216.0);
+  return draw.to(at::kFloat);
+}
+
+double relative_tolerance(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble:
+      return 1e-10;
+    case at::kFloat:
+      return 1e-5;
+    case at::kHalf:
+      return 2e-3;
+    default:
+      return 1.6e-2;
+  }
+}
+
+double absolute_tolerance(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble:
+      return 1e-12;
+    case at::kFloat:
+      return 1e-5;
+    case at::kHalf:
+      return 2e-3;
+    default:
+      return 1.6e-2;
+  }
+}
+
+::testing::AssertionResult close_to_reference(const at::Tensor& actual, const at::Tensor& expected) {
+  if (actual.sizes() != expected.sizes()) {
+    return ::testing::AssertionFailure() << "shape " << actual.sizes() << " != " << expected.sizes();
+  }
+  if (actual.numel() == 0) return ::testing::AssertionSuccess();
+  const auto dtype = actual.scalar_type();
+  // Expected is rounded to the kernel's dtype first: the kernel's output is, too.
+  const auto want = expected.to(dtype).to(at::kDouble).cpu();
+  const auto got = actual.to(at::kDouble).cpu();
+  const auto both_nan = at::logical_and(at::isnan(got), at::isnan(want));
+  const auto error = (got - want).abs();
+  const auto bound = absolute_tolerance(dtype) + relative_tolerance(dtype) * want.abs();
+  const auto bad = at::logical_and(at::logical_not(both_nan),
+                                   at::logical_not(error <= bound));
+  const int64_t bad_count = bad.sum().item<int64_t>();
+  if (bad_count == 0) return ::testing::AssertionSuccess();
+  const auto flat_bad = bad.flatten().nonzero();
+  const int64_t first = flat_bad[0][0].item<int64_t>();
+  return ::testing::AssertionFailure()
+         << bad_count << " of " << actual.numel() << " elements differ (dtype " << dtype
+         << "); first at flat index " << first << ": got " << got.flatten()[first].item<double>()
+         << ", expected " << want.flatten()[first].item<double>();
+}
+
+at::Tensor non_contiguous_copy(const at::Tensor& tensor) {
+  if (tensor.dim() < 2) {
+    // Every other element of a tensor twice as long.
+    auto wide = at::empty({tensor.numel() * 2}, tensor.options());
+    auto view = wide.slice(0, 0, tensor.numel() * 2, 2).view(tensor.sizes());
+    view.copy_(tensor);
+    return view;
+  }
+  auto transposed = tensor.transpose(0, tensor.dim() - 1).contiguous();
+  return transposed.transpose(0, tensor.dim() - 1);
+}
+
+std::string describe(const GradDropOptions& options) {
+  std::ostringstream text;
+  text << "num_tasks=" << options.num_tasks() << " sign_source=" << to_string(options.sign_source())
+       << " marginalize=" << options.marginalize_batch()
+       << " keep=" << to_string(options.keep_function()) << " scale=" << options.scale()
+       << " zero=" << to_string(options.zero_sign()) << " keep_grad_norm=" << options.keep_grad_norm();
+  return text.str();
+}
+
+}  // namespace testing
+}  // namespace graddrop
