@@ -172,7 +172,8 @@ std::tuple<at::Tensor, at::Tensor> finish_combine(at::Tensor output,
     const auto output_norm = accumulators[output_square_slot(n)].sqrt();
     output.mul_(plain_norm / (output_norm + arguments.epsilon));
   }
-  if (!arguments.statistics) return {output, at::Tensor()};
+  // No statistics: an empty tensor (an undefined one would reach Python as None).
+  if (!arguments.statistics) return {output, at::empty({0}, accumulators.options())};
   int64_t purity_elements = 1;
   for (auto size : arguments.purity_shape) purity_elements *= size;
   const auto counts = accumulators.narrow(0, 0, n + 2);

@@ -82,7 +82,7 @@ std::vector<int64_t> purity_shape_of(const at::Tensor& activation, bool marginal
 
 // After a kernel filled `output` and `accumulators`: rescales for keep_grad_norm and turns the
 // accumulators into the statistics tensor [kept fraction per task, mean P, conflict fraction]
-// (empty when statistics are off). Returns (output, statistics).
+// (an empty tensor when statistics are off). Returns (output, statistics).
 std::tuple<at::Tensor, at::Tensor> finish_combine(at::Tensor output,
                                                   const at::Tensor& accumulators,
                                                   const CombineArguments& arguments);
