@@ -1,6 +1,8 @@
 // The C++ entry points: options in, dispatcher call out. Device routing is the dispatcher's.
 #include "graddrop/combine.h"
 
+#include <limits>
+
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -25,6 +27,23 @@ void check_task_count(const std::vector<at::Tensor>& grads, const GradDropOption
               ") gradients, got ", grads.size());
 }
 
+// The dispatcher picks the kernel from the devices of all tensor arguments, so a tensor on a
+// device without a graddrop kernel (e.g. meta) would fail inside the dispatcher with a message
+// naming no argument; the kernels' own device checks never run then. Check here first.
+void check_devices(const std::vector<at::Tensor>& grads, const at::Tensor& activation,
+                   const optional<at::Tensor>& uniform) {
+  if (!activation.defined()) return;
+  for (size_t task = 0; task < grads.size(); ++task) {
+    TORCH_CHECK(!grads[task].defined() || grads[task].device() == activation.device(),
+                "graddrop: grads[", task, "] is on device ", grads[task].device(),
+                " but the activation is on ", activation.device());
+  }
+  TORCH_CHECK(!uniform.has_value() || !uniform->defined() ||
+                  uniform->device() == activation.device(),
+              "graddrop: uniform (U) is on device ", uniform->device(),
+              " but the activation is on ", activation.device());
+}
+
 GradDropStatistics statistics_from(const at::Tensor& values, const std::vector<int64_t>& shape,
                                    int64_t num_tasks) {
   GradDropStatistics statistics;
@@ -47,6 +66,7 @@ std::vector<int64_t> purity_shape(const at::Tensor& activation, const GradDropOp
 at::Tensor purity(const std::vector<at::Tensor>& grads, const at::Tensor& activation,
                   const GradDropOptions& options) {
   check_task_count(grads, options);
+  check_devices(grads, activation, nullopt);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("graddrop::purity", "")
                        .typed<ops::PuritySignature>();
@@ -59,13 +79,23 @@ at::Tensor combine(const std::vector<at::Tensor>& grads, const at::Tensor& activ
                    const GradDropOptions& options, optional<at::Generator> generator,
                    const optional<at::Tensor>& uniform, GradDropStatistics* statistics) {
   check_task_count(grads, options);
+  check_devices(grads, activation, uniform);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("graddrop::combine", "")
                        .typed<ops::CombineSignature>();
   // The custom keep function sees the whole P tensor, so it runs between two operator calls.
   optional<at::Tensor> keep_probability;
   if (options.keep_function() == KeepFunction::kCustom) {
-    keep_probability = options.custom_keep_function()(purity(grads, activation, options));
+    const auto purity_values = purity(grads, activation, options);
+    auto keep = options.custom_keep_function()(purity_values);
+    // A NaN purity (a NaN or Inf gradient) must reach the kernel as a NaN f(P), whatever the
+    // user's f makes of it, so that the affected outputs come out non-finite (DESIGN.md §1).
+    // A result of another shape, dtype or device is left for the operator's checks to refuse.
+    if (keep.defined() && keep.sizes() == purity_values.sizes() &&
+        keep.device() == purity_values.device() && at::isFloatingType(keep.scalar_type())) {
+      keep = keep.masked_fill(at::isnan(purity_values), std::numeric_limits<double>::quiet_NaN());
+    }
+    keep_probability = keep;
   }
   optional<int64_t> seed;
   if (options.seed().has_value()) seed = static_cast<int64_t>(*options.seed());

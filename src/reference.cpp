@@ -49,8 +49,9 @@ ReferenceResult combine_impl(const std::vector<at::Tensor>& grads, const at::Ten
   }
   const auto keep = result.keep_probability;
   const auto draw = uniform.to(dtype);
-  // A NaN purity makes every coefficient NaN (the documented choice: never silently finite).
-  const auto nan_purity = at::isnan(keep);
+  // A NaN purity makes every coefficient NaN (the documented choice: never silently finite),
+  // also when a custom f maps NaN to a number.
+  const auto nan_purity = at::logical_or(at::isnan(result.purity), at::isnan(keep));
 
   result.output = at::zeros_like(activation);
   for (size_t task = 0; task < task_grads.size(); ++task) {

@@ -1,9 +1,16 @@
 #include "test_support.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <sstream>
+
+#include <torch/version.h>
+
+#include "graddrop/detail/philox.h"
 
 namespace graddrop {
 namespace testing {
@@ -136,15 +143,23 @@ double absolute_tolerance(at::ScalarType dtype) {
 }
 
 at::Tensor non_contiguous_copy(const at::Tensor& tensor) {
-  if (tensor.dim() < 2) {
-    // Every other element of a tensor twice as long.
-    auto wide = at::empty({tensor.numel() * 2}, tensor.options());
-    auto view = wide.slice(0, 0, tensor.numel() * 2, 2).view(tensor.sizes());
-    view.copy_(tensor);
-    return view;
+  if (tensor.dim() >= 2) {
+    auto transposed = tensor.transpose(0, tensor.dim() - 1).contiguous();
+    auto result = transposed.transpose(0, tensor.dim() - 1);
+    if (!result.is_contiguous() || tensor.numel() <= 1) return result;
   }
-  auto transposed = tensor.transpose(0, tensor.dim() - 1).contiguous();
-  return transposed.transpose(0, tensor.dim() - 1);
+  // Every other element of a buffer twice as long (also when the transpose above is still
+  // contiguous because dims of size 1 do not count).
+  auto wide = at::empty({tensor.numel() * 2}, tensor.options());
+  std::vector<int64_t> strides(static_cast<size_t>(tensor.dim()));
+  int64_t stride = 2;
+  for (int64_t d = tensor.dim() - 1; d >= 0; --d) {
+    strides[static_cast<size_t>(d)] = stride;
+    stride *= std::max<int64_t>(tensor.size(d), 1);
+  }
+  auto view = wide.as_strided(tensor.sizes(), strides);
+  view.copy_(tensor);
+  return view;
 }
 
 std::string describe(const GradDropOptions& options) {
@@ -154,6 +169,128 @@ std::string describe(const GradDropOptions& options) {
        << " keep=" << to_string(options.keep_function()) << " scale=" << options.scale()
        << " zero=" << to_string(options.zero_sign()) << " keep_grad_norm=" << options.keep_grad_norm();
   return text.str();
+}
+
+::testing::AssertionResult throws_error_containing(const std::function<void()>& statement,
+                                                   const std::vector<std::string>& parts) {
+  std::string message;
+  try {
+    statement();
+    return ::testing::AssertionFailure() << "no c10::Error was thrown";
+  } catch (const c10::Error& error) {
+    message = error.what_without_backtrace();
+  }
+  for (const auto& part : parts) {
+    if (message.find(part) == std::string::npos) {
+      return ::testing::AssertionFailure()
+             << "the message does not contain \"" << part << "\": " << message;
+    }
+  }
+  return ::testing::AssertionSuccess() << message;
+}
+
+::testing::AssertionResult bitwise_equal(const at::Tensor& actual, const at::Tensor& expected) {
+  if (actual.defined() != expected.defined()) {
+    return ::testing::AssertionFailure() << "one tensor is undefined";
+  }
+  if (!actual.defined()) return ::testing::AssertionSuccess();
+  if (actual.scalar_type() != expected.scalar_type() || actual.sizes() != expected.sizes()) {
+    return ::testing::AssertionFailure() << "dtype/shape " << actual.scalar_type() << " "
+                                         << actual.sizes() << " != " << expected.scalar_type()
+                                         << " " << expected.sizes();
+  }
+  const auto a = actual.cpu().contiguous();
+  const auto b = expected.cpu().contiguous();
+  const auto bytes = static_cast<size_t>(a.numel()) * a.element_size();
+  if (bytes == 0 || std::memcmp(a.data_ptr(), b.data_ptr(), bytes) == 0) {
+    return ::testing::AssertionSuccess();
+  }
+  const auto differ = at::logical_not(at::eq(a.to(at::kDouble), b.to(at::kDouble))).flatten();
+  const int64_t count = differ.sum().item<int64_t>();
+  return ::testing::AssertionFailure() << count << " of " << a.numel()
+                                       << " elements differ in their bits";
+}
+
+at::Tensor philox_uniform_tensor(at::IntArrayRef shape, uint64_t seed, uint64_t offset) {
+  auto uniform = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
+  float* data = uniform.data_ptr<float>();
+  for (int64_t k = 0; k < uniform.numel(); ++k) {
+    data[k] = detail::philox_uniform(seed, offset, static_cast<uint64_t>(k));
+  }
+  return uniform;
+}
+
+GradDropStatistics statistics_of_reference(const reference::ReferenceResult& result) {
+  GradDropStatistics statistics;
+  statistics.purity_elements = result.purity.numel();
+  const double elements = static_cast<double>(statistics.purity_elements);
+  for (const auto& mask : result.masks) {
+    statistics.kept_fraction.push_back(
+        elements > 0 ? mask.to(at::kDouble).sum().item<double>() / elements : 0.0);
+  }
+  if (elements > 0) {
+    statistics.mean_purity = result.purity.sum().item<double>() / elements;
+    auto any_positive = at::zeros(result.purity.sizes(), at::kBool);
+    auto any_negative = at::zeros(result.purity.sizes(), at::kBool);
+    for (const auto& signal : result.signals) {
+      any_positive = at::logical_or(any_positive, signal > 0);
+      any_negative = at::logical_or(any_negative, signal < 0);
+    }
+    statistics.conflict_fraction =
+        at::logical_and(any_positive, any_negative).to(at::kDouble).sum().item<double>() /
+        elements;
+  }
+  return statistics;
+}
+
+::testing::AssertionResult statistics_equal(const GradDropStatistics& actual,
+                                            const GradDropStatistics& expected,
+                                            double purity_tolerance) {
+  // Fractions are counts over the same number of elements: equal up to double rounding.
+  const double count_tolerance = 1e-12;
+  bool same = actual.purity_elements == expected.purity_elements &&
+              actual.kept_fraction.size() == expected.kept_fraction.size() &&
+              std::abs(actual.mean_purity - expected.mean_purity) <= purity_tolerance &&
+              std::abs(actual.conflict_fraction - expected.conflict_fraction) <= count_tolerance;
+  for (size_t task = 0; same && task < actual.kept_fraction.size(); ++task) {
+    same = std::abs(actual.kept_fraction[task] - expected.kept_fraction[task]) <= count_tolerance;
+  }
+  if (same) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "got " << actual << ", expected " << expected;
+}
+
+#if TORCH_VERSION_MAJOR >= 2
+struct WarningCapture::Handler : c10::WarningHandler {
+  std::vector<std::string> messages;
+  void process(const c10::Warning& warning) override { messages.push_back(warning.msg()); }
+};
+namespace warning_api = c10::WarningUtils;
+#else
+struct WarningCapture::Handler : c10::WarningHandler {
+  std::vector<std::string> messages;
+  void process(const c10::SourceLocation&, const std::string& message, const bool) override {
+    messages.push_back(message);
+  }
+};
+namespace warning_api = c10::Warning;
+#endif
+
+WarningCapture::WarningCapture()
+    : handler_(new Handler()), previous_(warning_api::get_warning_handler()) {
+  warning_api::set_warning_handler(handler_);
+}
+
+WarningCapture::~WarningCapture() {
+  warning_api::set_warning_handler(previous_);
+  delete handler_;
+}
+
+const std::vector<std::string>& WarningCapture::messages() const { return handler_->messages; }
+
+int64_t WarningCapture::count_containing(const std::string& text) const {
+  int64_t count = 0;
+  for (const auto& message : handler_->messages) count += message.find(text) != std::string::npos;
+  return count;
 }
 
 }  // namespace testing

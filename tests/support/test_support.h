@@ -2,14 +2,18 @@
 // Shared helpers of the test suites: fresh random inputs with a printed seed, U kept away from
 // f(P) so float and float64 agree on every mask, and dtype-aware comparisons.
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <c10/util/Exception.h>
 #include <gtest/gtest.h>
 
+#include "graddrop/compat.h"
 #include "graddrop/options.h"
 #include "graddrop/reference.h"
+#include "graddrop/statistics.h"
 
 namespace graddrop {
 namespace testing {
@@ -49,10 +53,51 @@ double absolute_tolerance(at::ScalarType dtype);
 // NaN matching NaN; on failure prints the worst element.
 ::testing::AssertionResult close_to_reference(const at::Tensor& actual, const at::Tensor& expected);
 
-// A non-contiguous tensor with the same values as `tensor` (a transposed copy, transposed back).
+// A non-contiguous tensor with the same values as `tensor` (a transposed copy, transposed back,
+// or every other element of a longer buffer); non-contiguous whenever it has 2+ elements.
 at::Tensor non_contiguous_copy(const at::Tensor& tensor);
 
 std::string describe(const GradDropOptions& options);
+
+// Succeeds when `statement` throws a c10::Error whose message contains every string of
+// `parts`; the failure message shows what was thrown (or that nothing was).
+::testing::AssertionResult throws_error_containing(const std::function<void()>& statement,
+                                                   const std::vector<std::string>& parts);
+
+// Succeeds when both tensors have the same dtype, shape and bytes (NaN payloads included).
+::testing::AssertionResult bitwise_equal(const at::Tensor& actual, const at::Tensor& expected);
+
+// U of `shape` as the kernels draw it for an explicit (seed, offset): element k (flat index)
+// is detail::philox_uniform(seed, offset, k). float32, exact.
+at::Tensor philox_uniform_tensor(at::IntArrayRef shape, uint64_t seed, uint64_t offset);
+
+// The statistics DESIGN.md §3 describes, counted from a float64 reference result's signals,
+// purity and masks.
+GradDropStatistics statistics_of_reference(const reference::ReferenceResult& result);
+
+// Compares statistics field by field; `purity_tolerance` bounds |mean purity| error.
+::testing::AssertionResult statistics_equal(const GradDropStatistics& actual,
+                                            const GradDropStatistics& expected,
+                                            double purity_tolerance);
+
+// Collects the warnings issued on this thread while alive (TORCH_WARN goes to the current
+// c10 warning handler; its interface differs between LibTorch 1.13 and 2.x).
+class WarningCapture {
+ public:
+  WarningCapture();
+  ~WarningCapture();
+  WarningCapture(const WarningCapture&) = delete;
+  WarningCapture& operator=(const WarningCapture&) = delete;
+
+  const std::vector<std::string>& messages() const;
+  // How many captured warnings contain `text`.
+  int64_t count_containing(const std::string& text) const;
+
+ private:
+  struct Handler;
+  Handler* handler_;
+  c10::WarningHandler* previous_;
+};
 
 }  // namespace testing
 }  // namespace graddrop
