@@ -1,4 +1,73 @@
-// Placeholder: the CUDA kernels land with the CUDA issue.
-#include <torch/library.h>
+// CUDA implementation of graddrop::combine: the checks shared with every device, the draw's
+// reservation from the CUDA generator, the launch of the per-element or the marginalised
+// kernels (per_element_launch.cu, marginalized_launch.cu), and the work shared after.
+#include <mutex>
+
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "combine_launch.h"
 #include "ops/combine_op.h"
+
+namespace graddrop {
+namespace {
+
+// The Philox key of this call. An explicit U touches no generator; an explicit (seed, offset)
+// is used as given (the same U as the CPU kernel); otherwise one counter step is reserved from
+// the CUDA generator of the activation's device, under its mutex, as a graph-safe state that
+// the kernels unpack. Reserved even for empty tensors, so the generator advances the same way
+// whatever the shape (as the CPU kernel draws its seed).
+cuda_kernels::DrawKey reserve_draw(const ops::CombineArguments& arguments,
+                                   optional<at::Generator> generator) {
+  if (arguments.uniform.defined()) return {at::PhiloxCudaState(0, 0), false};
+  if (arguments.seed.has_value()) {
+    return {at::PhiloxCudaState(*arguments.seed, arguments.offset), false};
+  }
+  auto* cuda_generator = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      generator, at::cuda::detail::getDefaultCUDAGenerator(arguments.activation.get_device()));
+  TORCH_CHECK(cuda_generator->device() == arguments.activation.device(),
+              "graddrop: the generator is on device ", cuda_generator->device(),
+              " but the activation is on ", arguments.activation.device());
+  std::lock_guard<std::mutex> lock(cuda_generator->mutex_);
+  return {cuda_generator->philox_cuda_state(4), true};
+}
+
+std::tuple<at::Tensor, at::Tensor> combine_cuda(
+    const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
+    c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
+    c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
+    bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
+    const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
+    bool statistics) {
+  const auto arguments = ops::prepare_combine(
+      activation, grads, leak, sign_source, marginalize_batch, keep_function, scale, zero_sign,
+      epsilon, keep_grad_norm, uniform, keep_probability, seed, offset, statistics);
+  const c10::cuda::CUDAGuard device_guard(arguments.activation.device());
+  auto output = at::empty_like(arguments.activation);
+  const auto key = reserve_draw(arguments, std::move(generator));
+
+  at::Tensor block_statistics;
+  if (arguments.columns > 0) {
+    block_statistics = arguments.marginalize_batch
+                           ? cuda_kernels::launch_marginalized(arguments, key, output)
+                           : cuda_kernels::launch_per_element(arguments, key, output);
+  }
+  at::Tensor accumulators;
+  if (arguments.needs_accumulators()) {
+    // The rows are summed by ATen in a fixed order: the totals do not depend on scheduling.
+    accumulators = block_statistics.defined()
+                       ? block_statistics.sum(0)
+                       : at::zeros({ops::accumulator_size(arguments.num_tasks())},
+                                   arguments.activation.options().dtype(at::kDouble));
+  }
+  return ops::finish_combine(output, accumulators, arguments);
+}
+
+}  // namespace
+}  // namespace graddrop
+
+TORCH_LIBRARY_IMPL(graddrop, CUDA, m) {
+  m.impl("combine", TORCH_FN(graddrop::combine_cuda));
+}

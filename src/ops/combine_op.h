@@ -12,6 +12,7 @@
 #include <c10/util/string_view.h>
 
 #include "graddrop/compat.h"
+#include "graddrop/detail/host_device.h"
 #include "graddrop/detail/math.h"
 
 namespace graddrop {
@@ -61,11 +62,12 @@ struct CombineArguments {
 
 // The kernels' per-call accumulators, float64 on the activation's device:
 // [kept count of task 0 .. n-1, sum of P, conflict count, sum out^2, sum (sum_i g_i)^2].
-inline int64_t accumulator_size(int64_t num_tasks) { return num_tasks + 4; }
-inline int64_t purity_sum_slot(int64_t num_tasks) { return num_tasks; }
-inline int64_t conflict_slot(int64_t num_tasks) { return num_tasks + 1; }
-inline int64_t output_square_slot(int64_t num_tasks) { return num_tasks + 2; }
-inline int64_t plain_square_slot(int64_t num_tasks) { return num_tasks + 3; }
+// Host and device functions: the CUDA kernels write their per-block rows in this layout.
+GRADDROP_HOST_DEVICE int64_t accumulator_size(int64_t num_tasks) { return num_tasks + 4; }
+GRADDROP_HOST_DEVICE int64_t purity_sum_slot(int64_t num_tasks) { return num_tasks; }
+GRADDROP_HOST_DEVICE int64_t conflict_slot(int64_t num_tasks) { return num_tasks + 1; }
+GRADDROP_HOST_DEVICE int64_t output_square_slot(int64_t num_tasks) { return num_tasks + 2; }
+GRADDROP_HOST_DEVICE int64_t plain_square_slot(int64_t num_tasks) { return num_tasks + 3; }
 
 // Checks every argument (TORCH_CHECK naming the argument and value) and makes them contiguous.
 CombineArguments prepare_combine(const at::Tensor& activation,

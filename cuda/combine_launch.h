@@ -1,0 +1,28 @@
+#pragma once
+// The host interface between the CUDA combine entry point (combine_kernel.cu) and the launchers
+// of the two kernel families (per_element_launch.cu, marginalized_launch.cu).
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/PhiloxCudaState.h>
+
+#include "ops/combine_op.h"
+
+namespace graddrop {
+namespace cuda_kernels {
+
+// The Philox key of one call (unused when U is explicit).
+struct DrawKey {
+  at::PhiloxCudaState philox;  // from the generator (graph-safe) or an explicit (seed, offset)
+  bool generator_offset;       // the offset is the generator's: the kernels use offset / 4
+};
+
+// Each launcher fills `output` (contiguous, the activation's shape and dtype) on the current
+// stream, for arguments.columns > 0. When arguments.needs_accumulators() it returns float64
+// per-block statistics [blocks][num_tasks + 4] laid out as ops::accumulator_size, whose sum over
+// dim 0 is the accumulators tensor; otherwise an undefined tensor.
+at::Tensor launch_per_element(const ops::CombineArguments& arguments, const DrawKey& key,
+                              const at::Tensor& output);
+at::Tensor launch_marginalized(const ops::CombineArguments& arguments, const DrawKey& key,
+                               const at::Tensor& output);
+
+}  // namespace cuda_kernels
+}  // namespace graddrop
