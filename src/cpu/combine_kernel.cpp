@@ -1,22 +1,32 @@
-// CPU implementation of graddrop::combine: one pass over contiguous data using the shared math
-// of include/graddrop/detail/math.h and the Philox draw of detail/philox.h.
+// CPU implementation of graddrop::combine: checks and allocation, the Philox key, the split of
+// the work into fixed tiles (per-element mode) or column strips (marginalised mode) across
+// threads, and the reduction of the statistics. The vectorised kernels themselves live in
+// combine_kernel_impl.h, compiled once per instruction set and picked at run time
+// (cpu_capability.h).
 //
-// Work is split into fixed-size tiles (of Philox groups, or of rows/columns), each tile writes
-// its own partial accumulators, and partials are reduced in tile order: results, statistics and
-// keep_grad_norm's norms do not depend on the number of threads.
+// Thread-count independence: a tile (kElementTile elements) or a column group (kColumnGroup
+// columns) is the unit of every floating-point sum, and the partials are reduced in tile or
+// group order; threads only decide who computes which unit. Output, statistics and
+// keep_grad_norm's norms are therefore bit-identical whatever the thread count, and the strip
+// width (which depends on the cache size and thread count) only changes the speed.
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
-#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "graddrop/detail/math.h"
-#include "graddrop/detail/philox.h"
+#include "cpu/combine_kernel_params.h"
+#include "cpu/cpu_capability.h"
 #include "ops/combine_op.h"
 
 namespace graddrop {
@@ -24,11 +34,13 @@ namespace {
 
 using ops::CombineArguments;
 
-// Elements per tile in per-element mode (a multiple of the Philox group of 4).
-constexpr int64_t kElementTile = 16384;
-// Columns per tile of the marginalised reduction, rows per tile of its apply pass.
-constexpr int64_t kColumnTile = 256;
-constexpr int64_t kRowTile = 64;
+// Below this many elements one thread does everything: a parallel region costs more.
+constexpr int64_t kSerialElements = 32768;
+// Outputs at least this large are backed by transparent huge pages where the kernel allows it.
+constexpr int64_t kHugePageOutputBytes = int64_t(8) << 20;
+// Strip width when even kColumnGroup columns of all rows do not fit the cache budget: the two
+// passes then read the gradients from memory twice, in long row segments.
+constexpr int64_t kUncachedStripWidth = 256;
 
 struct PhiloxKey {
   uint64_t seed;
@@ -44,222 +56,160 @@ PhiloxKey draw_key(const CombineArguments& arguments, const optional<at::Generat
   return {cpu_generator->random64(), 0};
 }
 
-// Where U comes from: an explicit tensor or Philox.
-template <typename opmath_t>
-struct UniformSource {
-  const opmath_t* explicit_values;  // null: draw from Philox
-  PhiloxKey key;
-
-  // U for logical indices [4 * group, 4 * group + count), count <= 4.
-  void group(int64_t group_index, int64_t count, opmath_t out[4]) const {
-    if (explicit_values != nullptr) {
-      for (int64_t j = 0; j < count; ++j) out[j] = explicit_values[4 * group_index + j];
-      return;
-    }
-    const auto words = detail::philox_group(key.seed, key.offset, static_cast<uint64_t>(group_index));
-    for (int j = 0; j < 4; ++j) out[j] = static_cast<opmath_t>(detail::uniform_from_word(words.w[j]));
+const cpu::KernelTable& kernels_of(cpu::Capability capability) {
+  switch (capability) {
+#if defined(GRADDROP_CPU_HAS_AVX512)
+    case cpu::Capability::kAvx512:
+      return cpu::kAvx512Kernels;
+#endif
+#if defined(GRADDROP_CPU_HAS_AVX2)
+    case cpu::Capability::kAvx2:
+      return cpu::kAvx2Kernels;
+#endif
+    default:
+      return cpu::kBaselineKernels;
   }
-  opmath_t at(int64_t k) const {
-    if (explicit_values != nullptr) return explicit_values[k];
-    return static_cast<opmath_t>(detail::philox_uniform(key.seed, key.offset, static_cast<uint64_t>(k)));
-  }
-};
-
-// Per-tile accumulators, laid out as in ops::accumulator_size.
-struct TileAccumulators {
-  std::vector<double> values;
-  int64_t stride;
-  TileAccumulators(int64_t tiles, int64_t num_tasks)
-      : values(static_cast<size_t>(tiles * ops::accumulator_size(num_tasks)), 0.0),
-        stride(ops::accumulator_size(num_tasks)) {}
-  double* tile(int64_t index) { return values.data() + index * stride; }
-  void reduce_into(double* total, int64_t tiles) const {
-    for (int64_t t = 0; t < tiles; ++t) {
-      for (int64_t s = 0; s < stride; ++s) total[s] += values[static_cast<size_t>(t * stride + s)];
-    }
-  }
-};
-
-template <typename scalar_t, typename opmath_t>
-struct Inputs {
-  const scalar_t* activation;
-  std::vector<const scalar_t*> grads;  // null for an undefined (zero) gradient
-  std::vector<opmath_t> leak;
-  const opmath_t* keep_probability;  // null: compute f(P)
-};
-
-template <typename scalar_t, typename opmath_t>
-Inputs<scalar_t, opmath_t> inputs_of(const CombineArguments& arguments) {
-  Inputs<scalar_t, opmath_t> inputs;
-  inputs.activation = arguments.activation.data_ptr<scalar_t>();
-  for (size_t task = 0; task < arguments.grads.size(); ++task) {
-    const auto& grad = arguments.grads[task];
-    inputs.grads.push_back(grad.defined() ? grad.data_ptr<scalar_t>() : nullptr);
-    inputs.leak.push_back(static_cast<opmath_t>(arguments.leak[task]));
-  }
-  inputs.keep_probability = arguments.keep_probability.defined()
-                                ? arguments.keep_probability.data_ptr<opmath_t>()
-                                : nullptr;
-  return inputs;
 }
 
-// Per-purity-element work shared by both modes: from the task signals G_i, computes P, f(P)
-// and the coefficients c_i, and records the statistics.
-template <typename opmath_t>
-struct PurityElement {
-  const CombineArguments& arguments;
+const cpu::KernelTable& active_kernels() { return kernels_of(cpu::active_capability()); }
 
-  void coefficients(const opmath_t* signals, opmath_t uniform, const opmath_t* explicit_keep,
-                    const std::vector<opmath_t>& leak, opmath_t* coefficient,
-                    double* accumulators) const {
-    const int64_t n = arguments.num_tasks();
-    opmath_t signed_sum = 0, absolute_sum = 0;
-    bool any_positive = false, any_negative = false;
-    for (int64_t i = 0; i < n; ++i) {
-      signed_sum += signals[i];
-      absolute_sum += std::abs(signals[i]);
-      any_positive |= signals[i] > 0;
-      any_negative |= signals[i] < 0;
-    }
-    const opmath_t purity = detail::purity(signed_sum, absolute_sum,
-                                           static_cast<opmath_t>(arguments.epsilon));
-    const opmath_t keep =
-        explicit_keep != nullptr
-            ? *explicit_keep
-            : detail::keep_probability(purity, arguments.keep_function,
-                                       static_cast<opmath_t>(arguments.scale));
-    for (int64_t i = 0; i < n; ++i) {
-      coefficient[i] =
-          detail::task_coefficient(signals[i], keep, uniform, leak[i], arguments.zero_sign);
-    }
-    if (accumulators != nullptr) {
-      for (int64_t i = 0; i < n; ++i) {
-        accumulators[i] += detail::sign_mask(signals[i], keep, uniform, arguments.zero_sign);
-      }
-      accumulators[ops::purity_sum_slot(n)] += purity;
-      accumulators[ops::conflict_slot(n)] += (any_positive && any_negative);
-    }
+cpu::KernelDType kernel_dtype(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble:
+      return cpu::KernelDType::kDouble;
+    case at::kHalf:
+      return cpu::KernelDType::kHalf;
+    case at::kBFloat16:
+      return cpu::KernelDType::kBFloat16;
+    default:
+      return cpu::KernelDType::kFloat;
   }
-};
-
-template <typename scalar_t, typename opmath_t>
-void combine_per_element(const CombineArguments& arguments, const UniformSource<opmath_t>& draw,
-                         scalar_t* output, double* totals) {
-  const auto inputs = inputs_of<scalar_t, opmath_t>(arguments);
-  const int64_t n = arguments.num_tasks();
-  const int64_t numel = arguments.columns;
-  const int64_t tiles = (numel + kElementTile - 1) / kElementTile;
-  const bool accumulate = totals != nullptr;
-  TileAccumulators partials(accumulate ? tiles : 0, n);
-  const PurityElement<opmath_t> element{arguments};
-
-  at::parallel_for(0, tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {
-    std::vector<opmath_t> signals(n), grads(n), coefficient(n);
-    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-      double* accumulators = accumulate ? partials.tile(tile) : nullptr;
-      const int64_t begin = tile * kElementTile;
-      const int64_t end = std::min(numel, begin + kElementTile);
-      for (int64_t group = begin / 4; group * 4 < end; ++group) {
-        const int64_t group_end = std::min(end, group * 4 + 4);
-        opmath_t uniform[4];
-        draw.group(group, group_end - group * 4, uniform);
-        for (int64_t k = group * 4; k < group_end; ++k) {
-          const opmath_t signal_of_activation = detail::sign_signal(
-              static_cast<opmath_t>(inputs.activation[k]), arguments.sign_source);
-          opmath_t plain_sum = 0;
-          for (int64_t i = 0; i < n; ++i) {
-            grads[i] = inputs.grads[i] ? static_cast<opmath_t>(inputs.grads[i][k]) : opmath_t(0);
-            signals[i] = signal_of_activation * grads[i];
-            plain_sum += grads[i];
-          }
-          const opmath_t* keep = inputs.keep_probability ? inputs.keep_probability + k : nullptr;
-          element.coefficients(signals.data(), uniform[k - group * 4], keep, inputs.leak,
-                               coefficient.data(), accumulators);
-          opmath_t combined = 0;
-          for (int64_t i = 0; i < n; ++i) combined += coefficient[i] * grads[i];
-          output[k] = static_cast<scalar_t>(combined);
-          if (accumulate) {
-            accumulators[ops::output_square_slot(n)] += double(combined) * double(combined);
-            accumulators[ops::plain_square_slot(n)] += double(plain_sum) * double(plain_sum);
-          }
-        }
-      }
-    }
-  });
-  if (accumulate) partials.reduce_into(totals, tiles);
 }
 
-template <typename scalar_t, typename opmath_t>
-void combine_marginalized(const CombineArguments& arguments, const UniformSource<opmath_t>& draw,
-                          scalar_t* output, double* totals) {
-  const auto inputs = inputs_of<scalar_t, opmath_t>(arguments);
-  const int64_t n = arguments.num_tasks();
-  const int64_t rows = arguments.rows;
-  const int64_t columns = arguments.columns;
-  const bool accumulate = totals != nullptr;
-  const PurityElement<opmath_t> element{arguments};
+// Bytes of one thread's share of the L2 cache that a strip may fill: half of the L2 (the
+// prefetchers and the output need the rest), between 256 KiB and 1 MiB.
+int64_t strip_cache_budget() {
+  static const int64_t budget = [] {
+    int64_t level2 = 0;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    level2 = static_cast<int64_t>(sysconf(_SC_LEVEL2_CACHE_SIZE));
+#endif
+    if (level2 <= 0) return int64_t(512) << 10;
+    return std::min<int64_t>(std::max<int64_t>(level2 / 2, int64_t(256) << 10), int64_t(1) << 20);
+  }();
+  return budget;
+}
 
-  // Pass 1: per column, the task signals summed over the batch (rows in order), then P, U and
-  // the coefficients c_i[column], laid out [column][task].
-  std::vector<opmath_t> coefficients(static_cast<size_t>(columns * n));
-  const int64_t column_tiles = (columns + kColumnTile - 1) / kColumnTile;
-  TileAccumulators column_partials(accumulate ? column_tiles : 0, n);
-  at::parallel_for(0, column_tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {
-    std::vector<opmath_t> sums(static_cast<size_t>(kColumnTile * n));
-    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-      const int64_t begin = tile * kColumnTile;
-      const int64_t width = std::min(columns, begin + kColumnTile) - begin;
-      std::fill(sums.begin(), sums.end(), opmath_t(0));
-      for (int64_t row = 0; row < rows; ++row) {
-        const int64_t base = row * columns + begin;
-        for (int64_t c = 0; c < width; ++c) {
-          const opmath_t signal_of_activation = detail::sign_signal(
-              static_cast<opmath_t>(inputs.activation[base + c]), arguments.sign_source);
-          for (int64_t i = 0; i < n; ++i) {
-            if (inputs.grads[i] == nullptr) continue;
-            sums[c * n + i] += signal_of_activation * static_cast<opmath_t>(inputs.grads[i][base + c]);
-          }
-        }
-      }
-      double* accumulators = accumulate ? column_partials.tile(tile) : nullptr;
-      for (int64_t c = 0; c < width; ++c) {
-        const int64_t column = begin + c;
-        const opmath_t* keep =
-            inputs.keep_probability ? inputs.keep_probability + column : nullptr;
-        element.coefficients(&sums[c * n], draw.at(column), keep, inputs.leak,
-                             &coefficients[column * n], accumulators);
-      }
+int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+// A fresh output this large comes from mmap, and first-touching it page by page costs about as
+// much as the kernel's whole memory traffic (64 MiB: ~16k page faults, each zeroing 4 KiB).
+// Asking for transparent huge pages before the first touch (what PyTorch's
+// THP_MEM_ALLOC_ENABLE does for every allocation) makes that 32 faults. Only advice: memory
+// that is already mapped, or a kernel with THP off, is unaffected. The pages are then touched
+// (faulted and zeroed by the OS) by all threads before the kernel runs: zeroing a 2 MiB page in
+// the middle of the kernel would evict the column strip that marginalised mode keeps in L2.
+void prepare_output_pages(const at::Tensor& output) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const int64_t bytes = output.numel() * static_cast<int64_t>(output.element_size());
+  if (bytes < kHugePageOutputBytes) return;
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+  const auto begin = reinterpret_cast<uintptr_t>(output.data_ptr());
+  const uintptr_t first = (begin + kHugePage - 1) / kHugePage * kHugePage;
+  const uintptr_t last = (begin + static_cast<uintptr_t>(bytes)) / kHugePage * kHugePage;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  constexpr int64_t kPage = 4096;
+  char* data = static_cast<char*>(output.data_ptr());
+  const int64_t chunks = (bytes + int64_t(kHugePage) - 1) / int64_t(kHugePage);
+  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    const int64_t end = std::min(bytes, chunk_end * int64_t(kHugePage));
+    for (int64_t byte = chunk_begin * int64_t(kHugePage); byte < end; byte += kPage) {
+      data[byte] = 0;
     }
   });
+#else
+  (void)output;
+#endif
+}
 
-  // Pass 2: out[row, column] = sum_i c_i[column] * g_i[row, column].
-  const int64_t row_tiles = (rows + kRowTile - 1) / kRowTile;
-  TileAccumulators row_partials(accumulate ? row_tiles : 0, n);
-  at::parallel_for(0, row_tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {
-    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-      double* accumulators = accumulate ? row_partials.tile(tile) : nullptr;
-      for (int64_t row = tile * kRowTile; row < std::min(rows, (tile + 1) * kRowTile); ++row) {
-        for (int64_t column = 0; column < columns; ++column) {
-          const int64_t index = row * columns + column;
-          opmath_t combined = 0, plain_sum = 0;
-          for (int64_t i = 0; i < n; ++i) {
-            if (inputs.grads[i] == nullptr) continue;
-            const auto grad = static_cast<opmath_t>(inputs.grads[i][index]);
-            combined += coefficients[column * n + i] * grad;
-            plain_sum += grad;
-          }
-          output[index] = static_cast<scalar_t>(combined);
-          if (accumulate) {
-            accumulators[ops::output_square_slot(n)] += double(combined) * double(combined);
-            accumulators[ops::plain_square_slot(n)] += double(plain_sum) * double(plain_sum);
-          }
-        }
-      }
-    }
+// Scratch for one parallel chunk, 64-byte aligned.
+class AlignedScratch {
+ public:
+  explicit AlignedScratch(int64_t bytes)
+      : storage_(static_cast<size_t>((bytes + 127) / sizeof(double))) {}
+  void* data() {
+    const auto address = reinterpret_cast<uintptr_t>(storage_.data());
+    return reinterpret_cast<void*>((address + 63) / 64 * 64);
+  }
+
+ private:
+  std::vector<double> storage_;
+};
+
+// Runs body(begin, end) over [0, units) on the ATen thread pool, or inline when small.
+template <typename Body>
+void for_each_unit(int64_t units, int64_t elements, const Body& body) {
+  if (units <= 1 || elements < kSerialElements) {
+    body(0, units);
+  } else {
+    at::parallel_for(0, units, 1, body);
+  }
+}
+
+// Per-element mode: tiles of kElementTile elements.
+void run_per_element(const cpu::KernelTable& kernels, const cpu::KernelParams& params,
+                     double* totals) {
+  const int64_t stride = cpu::partial_stride(params.num_tasks);
+  const int64_t tiles = (params.columns + cpu::kElementTile - 1) / cpu::kElementTile;
+  std::vector<double> partials(params.accumulate ? static_cast<size_t>(tiles * stride) : 0, 0.0);
+  const int64_t scratch_bytes = kernels.element_scratch_bytes(params);
+  for_each_unit(tiles, params.columns, [&](int64_t begin, int64_t end) {
+    AlignedScratch scratch(scratch_bytes);
+    kernels.combine_element_tiles(params, begin, end, partials.data(), scratch.data());
   });
-  if (accumulate) {
-    column_partials.reduce_into(totals, column_tiles);
-    row_partials.reduce_into(totals, row_tiles);
+  for (int64_t tile = 0; params.accumulate && tile < tiles; ++tile) {
+    for (int64_t s = 0; s < stride; ++s) {
+      totals[s] += partials[static_cast<size_t>(tile * stride + s)];
+    }
+  }
+}
+
+// Marginalised mode: column strips as wide as the cache budget allows, at least one per thread.
+int64_t strip_width_for(const cpu::KernelParams& params, int64_t element_size) {
+  const int64_t bytes_per_column = params.rows * (params.num_tasks + 1) * element_size;
+  int64_t width = bytes_per_column > 0 ? strip_cache_budget() / bytes_per_column
+                                       : cpu::kMaxStripWidth;
+  width = width / cpu::kColumnGroup * cpu::kColumnGroup;
+  if (width < cpu::kColumnGroup) width = kUncachedStripWidth;
+  width = std::min(width, cpu::kMaxStripWidth);
+  width = std::min(width, round_up(params.columns, cpu::kColumnGroup));
+  const int64_t threads = at::get_num_threads();
+  if (params.rows * params.columns >= kSerialElements &&
+      (params.columns + width - 1) / width < threads) {
+    width = std::max(cpu::kColumnGroup,
+                     round_up((params.columns + threads - 1) / threads, cpu::kColumnGroup));
+  }
+  return width;
+}
+
+void run_marginalized(const cpu::KernelTable& kernels, const cpu::KernelParams& params,
+                      int64_t element_size, double* totals) {
+  const int64_t stride = cpu::partial_stride(params.num_tasks);
+  const int64_t width = strip_width_for(params, element_size);
+  const int64_t strips = (params.columns + width - 1) / width;
+  const int64_t groups = (params.columns + cpu::kColumnGroup - 1) / cpu::kColumnGroup;
+  std::vector<double> partials(params.accumulate ? static_cast<size_t>(groups * stride) : 0, 0.0);
+  const int64_t scratch_bytes = kernels.strip_scratch_bytes(params, width);
+  for_each_unit(strips, params.rows * params.columns, [&](int64_t begin, int64_t end) {
+    AlignedScratch scratch(scratch_bytes);
+    kernels.combine_column_strips(params, width, begin, end, partials.data(), scratch.data());
+  });
+  for (int64_t group = 0; params.accumulate && group < groups; ++group) {
+    for (int64_t s = 0; s < stride; ++s) {
+      totals[s] += partials[static_cast<size_t>(group * stride + s)];
+    }
   }
 }
 
@@ -273,33 +223,90 @@ std::tuple<at::Tensor, at::Tensor> combine_cpu(
   const auto arguments = ops::prepare_combine(
       activation, grads, leak, sign_source, marginalize_batch, keep_function, scale, zero_sign,
       epsilon, keep_grad_norm, uniform, keep_probability, seed, offset, statistics);
+  const int64_t num_tasks = arguments.num_tasks();
   auto output = at::empty_like(arguments.activation);
-  auto accumulators = at::zeros({ops::accumulator_size(arguments.num_tasks())},
+  prepare_output_pages(output);
+  auto accumulators = at::zeros({ops::accumulator_size(num_tasks)},
                                 arguments.activation.options().dtype(at::kDouble));
-  double* totals = arguments.needs_accumulators() ? accumulators.data_ptr<double>() : nullptr;
   // An explicit U needs no generator; otherwise draw the key even for empty tensors, so the
   // generator advances the same way whatever the shape.
-  const PhiloxKey key = arguments.uniform.defined() ? PhiloxKey{0, 0} : draw_key(arguments, generator);
+  const PhiloxKey key =
+      arguments.uniform.defined() ? PhiloxKey{0, 0} : draw_key(arguments, generator);
+  if (arguments.columns == 0) return ops::finish_combine(output, accumulators, arguments);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, arguments.activation.scalar_type(), "combine_cpu", [&] {
-        using opmath_t = at::opmath_type<scalar_t>;
-        const UniformSource<opmath_t> draw{
-            arguments.uniform.defined() ? arguments.uniform.data_ptr<opmath_t>() : nullptr, key};
-        if (arguments.marginalize_batch) {
-          if (arguments.columns > 0) {
-            combine_marginalized<scalar_t, opmath_t>(arguments, draw,
-                                                     output.data_ptr<scalar_t>(), totals);
-          }
-        } else if (arguments.columns > 0) {
-          combine_per_element<scalar_t, opmath_t>(arguments, draw, output.data_ptr<scalar_t>(),
-                                                  totals);
+  // Undefined gradients are zero: they change no sum, so the kernels never see them.
+  std::vector<const void*> task_data;
+  std::vector<double> task_leak;
+  std::vector<int64_t> task_index;
+  for (int64_t task = 0; task < num_tasks; ++task) {
+    const auto& grad = arguments.grads[static_cast<size_t>(task)];
+    if (!grad.defined()) continue;
+    task_data.push_back(grad.data_ptr());
+    task_leak.push_back(arguments.leak[static_cast<size_t>(task)]);
+    task_index.push_back(task);
+  }
+
+  cpu::KernelParams params;
+  params.dtype = kernel_dtype(arguments.activation.scalar_type());
+  params.activation = arguments.activation.data_ptr();
+  params.grads = task_data.data();
+  params.leak = task_leak.data();
+  params.num_tasks = static_cast<int64_t>(task_data.size());
+  params.rows = arguments.rows;
+  params.columns = arguments.columns;
+  params.sign_source = arguments.sign_source;
+  params.keep_function = arguments.keep_function;
+  params.zero_sign = arguments.zero_sign;
+  params.scale = arguments.scale;
+  params.epsilon = arguments.epsilon;
+  params.uniform = arguments.uniform.defined() ? arguments.uniform.data_ptr() : nullptr;
+  params.keep_probability =
+      arguments.keep_probability.defined() ? arguments.keep_probability.data_ptr() : nullptr;
+  params.seed = key.seed;
+  params.offset = key.offset;
+  params.output = output.data_ptr();
+  params.accumulate = arguments.needs_accumulators();
+
+  const auto& kernels = active_kernels();
+  std::vector<double> totals(static_cast<size_t>(cpu::partial_stride(params.num_tasks)), 0.0);
+  if (arguments.marginalize_batch) {
+    run_marginalized(kernels, params, arguments.activation.element_size(), totals.data());
+  } else {
+    run_per_element(kernels, params, totals.data());
+  }
+
+  if (params.accumulate) {
+    double* slots = accumulators.data_ptr<double>();
+    const int64_t kept = params.num_tasks;
+    for (int64_t j = 0; j < kept; ++j) {
+      slots[task_index[static_cast<size_t>(j)]] = totals[static_cast<size_t>(j)];
+    }
+    // A zero gradient's mask is the zero-sign rule at every purity element.
+    if (arguments.zero_sign == ZeroSign::kKeep) {
+      for (int64_t task = 0; task < num_tasks; ++task) {
+        if (!arguments.grads[static_cast<size_t>(task)].defined()) {
+          slots[task] = static_cast<double>(arguments.columns);
         }
-      });
+      }
+    }
+    for (int64_t s = 0; s < 4; ++s) {
+      slots[num_tasks + s] = totals[static_cast<size_t>(kept + s)];
+    }
+  }
   return ops::finish_combine(output, accumulators, arguments);
 }
 
 }  // namespace
+
+void cpu::draw_uniform(Capability capability, uint64_t seed, uint64_t offset, int64_t first,
+                       int64_t count, float* uniform) {
+  TORCH_CHECK(first % 4 == 0, "graddrop: draw_uniform needs first % 4 == 0, got ", first);
+  const auto levels = supported_capabilities();
+  TORCH_CHECK(std::find(levels.begin(), levels.end(), capability) != levels.end(),
+              "graddrop: this build or CPU cannot run the ", to_string(capability), " kernels");
+  kernels_of(capability).draw_uniform(seed, offset, first, count, uniform);
+}
+
 }  // namespace graddrop
 
 TORCH_LIBRARY_IMPL(graddrop, CPU, m) {

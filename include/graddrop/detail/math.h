@@ -83,5 +83,25 @@ GRADDROP_HOST_DEVICE T task_coefficient(T signal, T keep, T uniform, T leak, Zer
   return leak + (T(1) - leak) * mask;
 }
 
+// sign_mask and task_coefficient without branches, for the vectorised CPU kernels: the same
+// value for every input (NaN included; tests/cpu/cpu_kernel_test.cpp checks it). Compilers turn
+// the branches above into selects between boolean masks, which GCC cannot vectorise for
+// AVX-512; this form needs only and/or of comparisons and one select of numbers.
+template <typename T>
+GRADDROP_HOST_DEVICE bool sign_mask_branch_free(T signal, T keep, T uniform, ZeroSign zero_sign) {
+  const bool positive = signal > T(0);
+  const bool negative = signal < T(0);
+  return (positive & (keep > uniform)) | (negative & (keep < uniform)) |
+         (!(positive | negative) & (zero_sign == ZeroSign::kKeep));
+}
+
+template <typename T>
+GRADDROP_HOST_DEVICE T task_coefficient_branch_free(T signal, T keep, T uniform, T leak,
+                                                    ZeroSign zero_sign) {
+  const T mask = sign_mask_branch_free(signal, keep, uniform, zero_sign) ? T(1) : T(0);
+  const T coefficient = leak + (T(1) - leak) * mask;
+  return keep != keep ? keep : coefficient;
+}
+
 }  // namespace detail
 }  // namespace graddrop
