@@ -54,14 +54,10 @@ std::tuple<at::Tensor, at::Tensor> combine_cuda(
                            ? cuda_kernels::launch_marginalized(arguments, key, output)
                            : cuda_kernels::launch_per_element(arguments, key, output);
   }
-  at::Tensor accumulators;
-  if (arguments.needs_accumulators()) {
-    // The rows are summed by ATen in a fixed order: the totals do not depend on scheduling.
-    accumulators = block_statistics.defined()
-                       ? block_statistics.sum(0)
-                       : at::zeros({ops::accumulator_size(arguments.num_tasks())},
-                                   arguments.activation.options().dtype(at::kDouble));
-  }
+  auto accumulators = ops::zero_accumulators(arguments);
+  // The per-block rows are summed by ATen in a fixed order: the totals do not depend on
+  // scheduling.
+  if (block_statistics.defined()) accumulators.copy_(block_statistics.sum(0));
   return ops::finish_combine(output, accumulators, arguments);
 }
 

@@ -226,8 +226,7 @@ std::tuple<at::Tensor, at::Tensor> combine_cpu(
   const int64_t num_tasks = arguments.num_tasks();
   auto output = at::empty_like(arguments.activation);
   prepare_output_pages(output);
-  auto accumulators = at::zeros({ops::accumulator_size(num_tasks)},
-                                arguments.activation.options().dtype(at::kDouble));
+  auto accumulators = ops::zero_accumulators(arguments);
   // An explicit U needs no generator; otherwise draw the key even for empty tensors, so the
   // generator advances the same way whatever the shape.
   const PhiloxKey key =

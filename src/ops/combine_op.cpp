@@ -163,9 +163,17 @@ CombineArguments prepare_combine(const at::Tensor& activation,
   return arguments;
 }
 
+at::Tensor zero_accumulators(const CombineArguments& arguments) {
+  if (!arguments.needs_accumulators()) return at::Tensor();
+  return at::zeros({accumulator_size(arguments.num_tasks())},
+                   arguments.activation.options().dtype(at::kDouble));
+}
+
 std::tuple<at::Tensor, at::Tensor> finish_combine(at::Tensor output,
                                                   const at::Tensor& accumulators,
                                                   const CombineArguments& arguments) {
+  TORCH_INTERNAL_ASSERT(accumulators.defined() == arguments.needs_accumulators(),
+                        "graddrop: a kernel returned accumulators that do not match the options");
   const int64_t n = arguments.num_tasks();
   if (arguments.keep_grad_norm && output.numel() > 0) {
     const auto plain_norm = accumulators[plain_square_slot(n)].sqrt();
@@ -173,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor> finish_combine(at::Tensor output,
     output.mul_(plain_norm / (output_norm + arguments.epsilon));
   }
   // No statistics: an empty tensor (an undefined one would reach Python as None).
-  if (!arguments.statistics) return {output, at::empty({0}, accumulators.options())};
+  if (!arguments.statistics) return {output, at::empty({0}, output.options().dtype(at::kDouble))};
   int64_t purity_elements = 1;
   for (auto size : arguments.purity_shape) purity_elements *= size;
   const auto counts = accumulators.narrow(0, 0, n + 2);

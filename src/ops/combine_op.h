@@ -82,9 +82,14 @@ CombineArguments prepare_combine(const at::Tensor& activation,
 // The shape of P for an activation.
 std::vector<int64_t> purity_shape_of(const at::Tensor& activation, bool marginalize_batch);
 
+// The accumulators a kernel fills: zeros when arguments.needs_accumulators(), else undefined
+// (the training hot path allocates nothing for them).
+at::Tensor zero_accumulators(const CombineArguments& arguments);
+
 // After a kernel filled `output` and `accumulators`: rescales for keep_grad_norm and turns the
 // accumulators into the statistics tensor [kept fraction per task, mean P, conflict fraction]
-// (an empty tensor when statistics are off). Returns (output, statistics).
+// (an empty float64 tensor when statistics are off). `accumulators` is defined exactly when
+// arguments.needs_accumulators(). Every device ends with this. Returns (output, statistics).
 std::tuple<at::Tensor, at::Tensor> finish_combine(at::Tensor output,
                                                   const at::Tensor& accumulators,
                                                   const CombineArguments& arguments);
