@@ -62,6 +62,15 @@ at::Tensor checked_purity_shaped(const at::Tensor& tensor, const char* name,
   return tensor.to(arguments.opmath_type()).contiguous();
 }
 
+// Whether the values of an explicit U or f(P) are range-checked here. On the CPU they are. On a
+// GPU a check would read a value back to the host: a device synchronisation on every call of the
+// custom keep-function path, and an error under CUDA graph capture. There the kernels instead
+// treat an out-of-range U or f(P) like a NaN f(P) (detail::checked_keep): the coefficients of
+// that element of P come out NaN, so the mistake shows in the output rather than passing silently.
+bool values_checkable_on_host(const at::Tensor& tensor) {
+  return tensor.numel() > 0 && tensor.device().is_cpu();
+}
+
 }  // namespace
 
 at::ScalarType CombineArguments::opmath_type() const {
@@ -131,8 +140,9 @@ CombineArguments prepare_combine(const at::Tensor& activation,
 
   if (uniform.has_value() && uniform->defined()) {
     arguments.uniform = checked_purity_shaped(*uniform, "uniform (U)", arguments);
-    // Checked after the conversion to op-math, which is what the kernels compare against.
-    if (arguments.uniform.numel() > 0) {
+    // Checked after the conversion to op-math, which is what the kernels compare against. Only
+    // where reading the values costs no device synchronisation (see values_checkable_on_host).
+    if (values_checkable_on_host(arguments.uniform)) {
       const auto& draw = arguments.uniform;
       const bool in_range = at::logical_and(draw >= 0, draw < 1).all().item<bool>();
       TORCH_CHECK(in_range, "graddrop: uniform (U) must lie in [0, 1), got values in [",
@@ -142,7 +152,7 @@ CombineArguments prepare_combine(const at::Tensor& activation,
   if (keep_probability.has_value() && keep_probability->defined()) {
     arguments.keep_probability =
         checked_purity_shaped(*keep_probability, "keep_probability (f(P))", arguments);
-    if (arguments.keep_probability.numel() > 0) {
+    if (values_checkable_on_host(arguments.keep_probability)) {
       const auto& keep = arguments.keep_probability;
       const bool in_range =
           at::logical_or(at::logical_and(keep >= 0, keep <= 1), at::isnan(keep))
