@@ -15,7 +15,7 @@
 namespace graddrop {
 namespace cuda_kernels {
 
-constexpr int kThreads = 256;  // threads per block, every kernel
+constexpr int kThreads = 256;  // threads per block of the per-element and reduction kernels
 constexpr int kWarps = kThreads / 32;
 constexpr int kGroup = 4;         // logical indices per Philox call
 constexpr int kGenericChunk = 8;  // tasks held in registers at once beyond 8 tasks
@@ -211,11 +211,16 @@ __global__ void fill_task_table_kernel(Entry* table, const TaskBatch<Entry, kBat
 }
 
 // ---------------------------------------------------------------------------------------------
-// Statistics. Each block writes one row of partial sums in the layout of ops::accumulator_size
-// (src/ops/combine_op.h); the host sums the rows in a fixed order, so the totals do not depend
-// on scheduling.
+// Statistics and keep_grad_norm's sums. Each kernel writes partial rows in the layout of
+// ops::accumulator_size (src/ops/combine_op.h), one row per unit of work whose size depends only
+// on the call (a tile of elements; a group of kStatisticsGroup columns, per chunk of rows), never
+// on the grid or the device; sum_rows_in_order_kernel then adds the rows in an order fixed by
+// their count. So the statistics and the norms are the same on every GPU, whatever its SM count.
 
-// Sum over the block, valid in thread 0; every thread of the block must call it.
+constexpr int kStatisticsGroup = 16;  // columns per marginalised statistics row (as on the CPU)
+
+// Sum over a block of kThreads threads in a fixed tree (shuffles within each warp, then the
+// warps in order), valid in thread 0; every thread of the block must call it.
 __device__ __forceinline__ double block_sum(double value, double* scratch /* [kWarps] */) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) {
@@ -241,63 +246,6 @@ __device__ __forceinline__ uint32_t warp_sum(uint32_t value) {
   for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(kFullWarp, value, offset);
   return value;
 #endif
-}
-
-// Adds this thread's kept counts of tasks [chunk_begin, chunk_begin + kChunk) to the block's
-// counters in shared memory and clears them. Every lane of the warp must call it together.
-template <int kChunk>
-__device__ __forceinline__ void flush_kept(uint32_t (&kept)[kChunk], int chunk_begin, int num_tasks,
-                                           unsigned long long* block_kept) {
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-#pragma unroll
-  for (int t = 0; t < kChunk; ++t) {
-    const uint32_t warp_total = warp_sum(kept[t]);
-    if (lane == 0 && warp_total != 0 && chunk_begin + t < num_tasks) {
-      atomicAdd(&block_kept[chunk_begin + t], static_cast<unsigned long long>(warp_total));
-    }
-    kept[t] = 0;
-  }
-}
-
-// Per-thread sums of the statistics other than the kept counts.
-struct ThreadStatistics {
-  double purity_sum = 0.0;
-  double conflicts = 0.0;
-  double output_square = 0.0;
-  double plain_square = 0.0;
-};
-
-// Zeroes the block's kept counters; the caller synchronises before they are used.
-__device__ __forceinline__ void clear_block_kept(unsigned long long* block_kept, int num_tasks) {
-  for (int task = static_cast<int>(threadIdx.x); task < num_tasks; task += kThreads) {
-    block_kept[task] = 0;
-  }
-}
-
-// The per-element-of-P slots: kept counts, sum of P, conflicts.
-__device__ __forceinline__ void write_purity_statistics(const ThreadStatistics& statistics,
-                                                        const unsigned long long* block_kept,
-                                                        int num_tasks, double* row,
-                                                        double* scratch) {
-  const double purity_sum = block_sum(statistics.purity_sum, scratch);
-  const double conflicts = block_sum(statistics.conflicts, scratch);
-  if (threadIdx.x == 0) {
-    for (int task = 0; task < num_tasks; ++task) row[task] = static_cast<double>(block_kept[task]);
-    row[ops::purity_sum_slot(num_tasks)] = purity_sum;
-    row[ops::conflict_slot(num_tasks)] = conflicts;
-  }
-}
-
-// The per-output-element slots: sum out^2, sum (sum_i g_i)^2.
-__device__ __forceinline__ void write_output_statistics(const ThreadStatistics& statistics,
-                                                        int num_tasks, double* row,
-                                                        double* scratch) {
-  const double output_square = block_sum(statistics.output_square, scratch);
-  const double plain_square = block_sum(statistics.plain_square, scratch);
-  if (threadIdx.x == 0) {
-    row[ops::output_square_slot(num_tasks)] = output_square;
-    row[ops::plain_square_slot(num_tasks)] = plain_square;
-  }
 }
 
 }  // namespace cuda_kernels

@@ -4,10 +4,13 @@
 #include <mutex>
 
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "combine_common.cuh"
 #include "combine_launch.h"
 #include "ops/combine_op.h"
 
@@ -34,6 +37,21 @@ cuda_kernels::DrawKey reserve_draw(const ops::CombineArguments& arguments,
   return {cuda_generator->philox_cuda_state(4), true};
 }
 
+// result[slot] = the sum of partials[row][slot] over the rows, kThreads threads per slot: thread
+// t adds rows t, t + kThreads, ... in order, then block_sum's fixed tree. The order depends on
+// the number of rows alone, never on the device. One block per slot.
+__global__ void __launch_bounds__(cuda_kernels::kThreads)
+    sum_rows_in_order_kernel(const double* partials, int64_t rows, int width, double* result) {
+  __shared__ double scratch[cuda_kernels::kWarps];
+  const int slot = static_cast<int>(blockIdx.x);
+  double total = 0.0;
+  for (int64_t row = threadIdx.x; row < rows; row += cuda_kernels::kThreads) {
+    total += partials[row * width + slot];
+  }
+  total = cuda_kernels::block_sum(total, scratch);
+  if (threadIdx.x == 0) result[slot] = total;
+}
+
 std::tuple<at::Tensor, at::Tensor> combine_cuda(
     const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
     c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
@@ -48,16 +66,21 @@ std::tuple<at::Tensor, at::Tensor> combine_cuda(
   auto output = at::empty_like(arguments.activation);
   const auto key = reserve_draw(arguments, std::move(generator));
 
-  at::Tensor block_statistics;
+  at::Tensor partial_rows;
   if (arguments.columns > 0) {
-    block_statistics = arguments.marginalize_batch
-                           ? cuda_kernels::launch_marginalized(arguments, key, output)
-                           : cuda_kernels::launch_per_element(arguments, key, output);
+    partial_rows = arguments.marginalize_batch
+                       ? cuda_kernels::launch_marginalized(arguments, key, output)
+                       : cuda_kernels::launch_per_element(arguments, key, output);
   }
   auto accumulators = ops::zero_accumulators(arguments);
-  // The per-block rows are summed by ATen in a fixed order: the totals do not depend on
-  // scheduling.
-  if (block_statistics.defined()) accumulators.copy_(block_statistics.sum(0));
+  if (partial_rows.defined() && partial_rows.size(0) > 0) {
+    const int width = static_cast<int>(accumulators.numel());
+    sum_rows_in_order_kernel<<<static_cast<unsigned>(width), cuda_kernels::kThreads, 0,
+                               at::cuda::getCurrentCUDAStream()>>>(
+        partial_rows.data_ptr<double>(), partial_rows.size(0), width,
+        accumulators.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   return ops::finish_combine(output, accumulators, arguments);
 }
 

@@ -17,8 +17,10 @@ struct DrawKey {
 
 // Each launcher fills `output` (contiguous, the activation's shape and dtype) on the current
 // stream, for arguments.columns > 0. When arguments.needs_accumulators() it returns float64
-// per-block statistics [blocks][num_tasks + 4] laid out as ops::accumulator_size, whose sum over
-// dim 0 is the accumulators tensor; otherwise an undefined tensor.
+// partial rows [rows][num_tasks + 4] laid out as ops::accumulator_size, one per unit of work
+// fixed by the call (not by the grid), whose ordered sum over dim 0 is the accumulators tensor
+// (less the kept counts of undefined gradients, which finish_combine supplies); otherwise an
+// undefined tensor.
 at::Tensor launch_per_element(const ops::CombineArguments& arguments, const DrawKey& key,
                               const at::Tensor& output);
 at::Tensor launch_marginalized(const ops::CombineArguments& arguments, const DrawKey& key,

@@ -1,10 +1,14 @@
 #pragma once
 // Host helpers shared by the launchers: kernel parameters from the validated arguments, the task
-// list for the call's task count, alignment checks, shared-memory limits and occupancy.
+// list for the call's task count, the dtype/task/statistics dispatch, alignment checks,
+// shared-memory limits and occupancy.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
@@ -68,11 +72,12 @@ FixedTasks<scalar_t, opmath_t, kCapacity> fixed_tasks_of(const ops::CombineArgum
 // 8 tasks, else a device table (filled by kernels on the current stream, kept alive by the
 // caching allocator until the launch that reads it has run).
 template <typename scalar_t, typename opmath_t, typename Launch>
-auto with_tasks(const ops::CombineArguments& arguments, Launch&& launch) {
+void with_tasks(const ops::CombineArguments& arguments, Launch&& launch) {
   const int64_t n = arguments.num_tasks();
   if (n <= 2) return launch(fixed_tasks_of<scalar_t, opmath_t, 2>(arguments));
   if (n <= 4) return launch(fixed_tasks_of<scalar_t, opmath_t, 4>(arguments));
   if (n <= 8) return launch(fixed_tasks_of<scalar_t, opmath_t, 8>(arguments));
+
 
   using Entry = TaskEntry<scalar_t, opmath_t>;
   constexpr int kBatch = 32;
@@ -93,30 +98,44 @@ auto with_tasks(const ops::CombineArguments& arguments, Launch&& launch) {
   return launch(TableTasks<scalar_t, opmath_t>{entries});
 }
 
-// Allows `kernel` `bytes` of dynamic shared memory (above the default 48 KB when needed).
+// Allows `kernel` `bytes` of dynamic shared memory on the current device (above the default
+// 48 KB when needed). The attribute is raised once per (kernel, device) and only upward, under a
+// mutex, so host threads launching at once never lower it under each other.
+void allow_shared_memory_bytes(const void* kernel, int64_t bytes);
+
 template <typename Kernel>
 void allow_shared_memory(Kernel kernel, int64_t bytes) {
-  const auto* properties = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK(bytes <= static_cast<int64_t>(properties->sharedMemPerBlockOptin),
-              "graddrop: the CUDA kernel needs ", bytes, " bytes of shared memory per block for ",
-              "this task count, more than the device allows (", properties->sharedMemPerBlockOptin,
-              ")");
-  if (bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(bytes)));
-  }
+  allow_shared_memory_bytes(reinterpret_cast<const void*>(kernel), bytes);
 }
 
-// Blocks of kThreads that fit on one multiprocessor at once (at least 1).
+// Blocks of `threads` threads using `shared_bytes` that fit on one multiprocessor of the current
+// device at once (at least 1); asked of the driver once per (kernel, device, threads, bytes).
+int resident_blocks_per_sm_of(const void* kernel, int threads, int64_t shared_bytes);
+
 template <typename Kernel>
-int resident_blocks_per_sm(Kernel kernel, int64_t shared_bytes) {
-  int blocks = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads,
-                                                               static_cast<size_t>(shared_bytes)));
-  return std::max(blocks, 1);
+int resident_blocks_per_sm(Kernel kernel, int threads, int64_t shared_bytes) {
+  return resident_blocks_per_sm_of(reinterpret_cast<const void*>(kernel), threads, shared_bytes);
 }
 
-// Per-block statistics rows, zeroed (blocks that record nothing leave zeros), or undefined.
+// Calls launch(scalar_t(), tasks, std::integral_constant<bool, kStatistics>()) with the call's
+// storage type, its task list (with_tasks) and whether it records statistics: the one dispatch
+// every launcher shares.
+template <typename Launch>
+void dispatch_combine(const ops::CombineArguments& arguments, Launch&& launch) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, arguments.activation.scalar_type(), "graddrop_combine_cuda", [&] {
+        using opmath_t = at::opmath_type<scalar_t>;
+        with_tasks<scalar_t, opmath_t>(arguments, [&](const auto& tasks) {
+          if (arguments.needs_accumulators()) {
+            launch(scalar_t(), tasks, std::true_type());
+          } else {
+            launch(scalar_t(), tasks, std::false_type());
+          }
+        });
+      });
+}
+
+// Zeroed statistics partial rows [rows][ops::accumulator_size], or undefined without statistics.
 inline at::Tensor statistics_rows(const ops::CombineArguments& arguments, int64_t rows) {
   if (!arguments.needs_accumulators()) return at::Tensor();
   return at::zeros({rows, ops::accumulator_size(arguments.num_tasks())},

@@ -1,10 +1,6 @@
-// Launcher of the per-element combine kernel (marginalize_batch off): a grid-stride grid of as
-// many blocks as fit on the device at once.
+// Launcher of the per-element combine kernel (marginalize_batch off): a grid-stride grid over
+// fixed tiles, as many blocks as fit on the device at once.
 #include <algorithm>
-#include <type_traits>
-
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 
 #include "launch_common.cuh"
 #include "per_element_kernel.cuh"
@@ -17,17 +13,18 @@ template <typename scalar_t, typename opmath_t, class Tasks, bool kStatistics>
 at::Tensor launch_per_element_with(const ops::CombineArguments& arguments, const DrawKey& key,
                                    const at::Tensor& output, const Tasks& tasks) {
   const auto kernel = combine_per_element_kernel<scalar_t, opmath_t, Tasks, kStatistics>;
-  constexpr int kWidth = per_element_width<scalar_t, Tasks>();
   const int64_t n = arguments.num_tasks();
   const int64_t numel = arguments.columns;
-  const int64_t shared_bytes = arguments.needs_accumulators() ? n * 8 : 0;
+  const int64_t shared_bytes = kStatistics ? n * 8 : 0;
   allow_shared_memory(kernel, shared_bytes);
 
-  const int64_t runs = (numel + kWidth - 1) / kWidth;
+  constexpr int64_t kTile = per_element_tile<scalar_t, Tasks>();
+  const int64_t tiles = (numel + kTile - 1) / kTile;
   const int64_t multiprocessors = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t resident = multiprocessors * resident_blocks_per_sm(kernel, shared_bytes);
-  const int64_t blocks = std::max<int64_t>(1, std::min((runs + kThreads - 1) / kThreads, resident));
-  auto statistics = statistics_rows(arguments, blocks);
+  const int64_t resident =
+      multiprocessors * resident_blocks_per_sm(kernel, kThreads, shared_bytes);
+  const int64_t blocks = std::max<int64_t>(1, std::min(tiles, resident));
+  auto statistics = statistics_rows(arguments, tiles);
 
   PerElementParams<scalar_t, opmath_t, Tasks> params{};
   params.activation = arguments.activation.data_ptr<scalar_t>();
@@ -52,19 +49,13 @@ at::Tensor launch_per_element_with(const ops::CombineArguments& arguments, const
 at::Tensor launch_per_element(const ops::CombineArguments& arguments, const DrawKey& key,
                               const at::Tensor& output) {
   at::Tensor statistics;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, arguments.activation.scalar_type(), "combine_cuda_per_element",
-      [&] {
-        using opmath_t = at::opmath_type<scalar_t>;
-        statistics = with_tasks<scalar_t, opmath_t>(arguments, [&](const auto& tasks) {
-          using Tasks = std::decay_t<decltype(tasks)>;
-          return arguments.needs_accumulators()
-                     ? launch_per_element_with<scalar_t, opmath_t, Tasks, true>(arguments, key,
-                                                                                output, tasks)
-                     : launch_per_element_with<scalar_t, opmath_t, Tasks, false>(arguments, key,
-                                                                                 output, tasks);
-        });
-      });
+  dispatch_combine(arguments, [&](auto scalar, const auto& tasks, auto with_statistics) {
+                     using scalar_t = decltype(scalar);
+                     using Tasks = std::decay_t<decltype(tasks)>;
+                     statistics = launch_per_element_with<scalar_t, at::opmath_type<scalar_t>,
+                                                          Tasks, decltype(with_statistics)::value>(
+                         arguments, key, output, tasks);
+                   });
   return statistics;
 }
 

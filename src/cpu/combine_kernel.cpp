@@ -178,7 +178,9 @@ void run_per_element(const cpu::KernelTable& kernels, const cpu::KernelParams& p
 
 // Marginalised mode: column strips as wide as the cache budget allows, at least one per thread.
 int64_t strip_width_for(const cpu::KernelParams& params, int64_t element_size) {
-  const int64_t bytes_per_column = params.rows * (params.num_tasks + 1) * element_size;
+  // The strip's rows of every input, plus its row-lane sums (detail::kRowLanes per task).
+  const int64_t bytes_per_column =
+      (params.rows + detail::kRowLanes) * (params.num_tasks + 1) * element_size;
   int64_t width = bytes_per_column > 0 ? strip_cache_budget() / bytes_per_column
                                        : cpu::kMaxStripWidth;
   width = width / cpu::kColumnGroup * cpu::kColumnGroup;
@@ -279,14 +281,6 @@ std::tuple<at::Tensor, at::Tensor> combine_cpu(
     const int64_t kept = params.num_tasks;
     for (int64_t j = 0; j < kept; ++j) {
       slots[task_index[static_cast<size_t>(j)]] = totals[static_cast<size_t>(j)];
-    }
-    // A zero gradient's mask is the zero-sign rule at every purity element.
-    if (arguments.zero_sign == ZeroSign::kKeep) {
-      for (int64_t task = 0; task < num_tasks; ++task) {
-        if (!arguments.grads[static_cast<size_t>(task)].defined()) {
-          slots[task] = static_cast<double>(arguments.columns);
-        }
-      }
     }
     for (int64_t s = 0; s < 4; ++s) {
       slots[num_tasks + s] = totals[static_cast<size_t>(kept + s)];

@@ -2,8 +2,8 @@
 // combine_kernel_{baseline,avx2,avx512}.cpp defines GRADDROP_CPU_NAMESPACE and includes this
 // file, and ATen-free code here is all that the -mavx* flags touch (see combine_kernel_params.h).
 //
-// The math is detail/math.h's, called per element (the mask rule in its branch-free form,
-// sign_mask_branch_free / task_coefficient_branch_free, which vectorises), and the draw is
+// The math is detail/math.h's, called per element (the mask rule is written without branches,
+// so it vectorises), and the draw is
 // detail/philox.h's (detail/philox_simd.h's vector form on AVX2 and AVX-512). The loops around
 // them are written so the compiler vectorises them (`omp simd`, small blocks in L1, the task
 // count a template parameter for n <= 8, -fno-trapping-math): conversion to op-math, sign
@@ -19,7 +19,8 @@
 // Marginalised mode works on column strips sized by the caller to fit L2: pass 1 sums the task
 // signals of the strip over all rows, then P, U and the coefficients c_i of its columns are
 // computed, then pass 2 writes the strip's output re-reading the gradients while they are
-// still in cache. Column sums always run over rows 0..rows-1 in order, whatever the strip.
+// still in cache. Column sums follow the canonical order of detail/math.h (row lanes, a fixed
+// tree, chunks in order), whatever the strip, so they equal the GPU's bit for bit.
 #ifndef GRADDROP_CPU_NAMESPACE
 #error "define GRADDROP_CPU_NAMESPACE before including combine_kernel_impl.h"
 #endif
@@ -255,6 +256,7 @@ struct Buffers {
   O* leak;            // [num_tasks]
   const O** views;    // [num_tasks] op-math views of this block's task gradients
   O* column_sums;     // marginalised: [num_tasks][width] sum over rows of s(A) * g_i
+  O* lane_sums;       // marginalised: [kRowLanes][num_tasks][width] the current row chunk's lanes
   O* coefficients;    // marginalised: [num_tasks][width] c_i per column
   Lanes lanes;
 
@@ -273,6 +275,7 @@ struct Buffers {
         leak(arena.take<O>(num_tasks)),
         views(arena.take<const O*>(num_tasks)),
         column_sums(arena.take<O>(marginalised ? num_tasks * width : 0)),
+        lane_sums(arena.take<O>(marginalised ? detail::kRowLanes * num_tasks * width : 0)),
         coefficients(arena.take<O>(marginalised ? num_tasks * width : 0)),
         lanes(arena, num_tasks, width) {}
 };
@@ -410,13 +413,15 @@ void purity_of(const O* signal, const O* const* views, int64_t num_tasks, int64_
   }
 }
 
-// f(P): the explicit values when given (the custom keep function), else the built-in function.
+// f(P): the built-in function, or the explicit values when given (the custom keep function);
+// with an explicit f(P) or U, NaN where they cannot be used (detail::checked_keep).
 template <typename O>
-const O* keep_of(const O* purity, const O* explicit_keep, int64_t count, KeepFunction function,
-                 O scale, O* keep) {
-  if (explicit_keep != nullptr) return explicit_keep;
-  if (function == KeepFunction::kSigmoid) {
-    // expf is a library call: this loop stays scalar (sigmoid is not the default).
+const O* keep_of(const O* purity, const O* explicit_keep, const O* explicit_uniform,
+                 int64_t count, KeepFunction function, O scale, O* keep) {
+  if (explicit_keep != nullptr) {
+    GRADDROP_SIMD_LOOP
+    for (int64_t k = 0; k < count; ++k) keep[k] = detail::checked_keep(purity[k], explicit_keep[k]);
+  } else if (function == KeepFunction::kSigmoid) {
     for (int64_t k = 0; k < count; ++k) {
       keep[k] = detail::keep_probability(purity[k], KeepFunction::kSigmoid, scale);
     }
@@ -425,6 +430,10 @@ const O* keep_of(const O* purity, const O* explicit_keep, int64_t count, KeepFun
     for (int64_t k = 0; k < count; ++k) {
       keep[k] = detail::keep_probability(purity[k], KeepFunction::kLinear, scale);
     }
+  }
+  if (explicit_uniform != nullptr) {
+    GRADDROP_SIMD_LOOP
+    for (int64_t k = 0; k < count; ++k) keep[k] = detail::keep_for_uniform(keep[k], explicit_uniform[k]);
   }
   return keep;
 }
@@ -451,13 +460,13 @@ void combine_elements(const O* signal, const O* const* views, int64_t num_tasks,
       for (int i = 0; i < kTasks; ++i) {
         const O grad = task[i][k];
         const O task_signal = signal[k] * grad;
-        out += detail::task_coefficient_branch_free(task_signal, keep[k], uniform[k], task_leak[i],
+        out += detail::task_coefficient(task_signal, keep[k], uniform[k], task_leak[i],
                                         zero_sign) *
                grad;
         if constexpr (kAccumulate) {
           plain += grad;
           lanes.kept[i * lane_width + k] +=
-              detail::sign_mask_branch_free(task_signal, keep[k], uniform[k], zero_sign);
+              detail::sign_mask(task_signal, keep[k], uniform[k], zero_sign);
         }
       }
       combined[k] = out;
@@ -481,12 +490,12 @@ void combine_elements(const O* signal, const O* const* views, int64_t num_tasks,
       for (int64_t k = 0; k < count; ++k) {
         const O grad = task[k];
         const O task_signal = signal[k] * grad;
-        combined[k] += detail::task_coefficient_branch_free(task_signal, keep[k], uniform[k],
+        combined[k] += detail::task_coefficient(task_signal, keep[k], uniform[k],
                                                             task_leak, zero_sign) *
                        grad;
         if constexpr (kAccumulate) {
           plain[k] += grad;
-          kept[k] += detail::sign_mask_branch_free(task_signal, keep[k], uniform[k], zero_sign);
+          kept[k] += detail::sign_mask(task_signal, keep[k], uniform[k], zero_sign);
         }
       }
     }
@@ -529,6 +538,20 @@ void accumulate_column_sums(const O* signal, const O* const* views, int64_t num_
   }
 }
 
+// Marginalised: column_sums += the chunk's sum, its row lanes combined by the fixed tree.
+template <typename O>
+void add_row_lanes(const O* lane_sums, int64_t lane_stride, int64_t num_tasks, int64_t count,
+                   int64_t stride, O* column_sums) {
+  for (int64_t i = 0; i < num_tasks; ++i) {
+    const O* lanes = lane_sums + i * stride;
+    O* sums = column_sums + i * stride;
+    GRADDROP_SIMD_LOOP
+    for (int64_t c = 0; c < count; ++c) {
+      sums[c] += detail::sum_of_row_lanes(lanes + c, lane_stride);
+    }
+  }
+}
+
 // Marginalised: c_i per column from the column sums (once per strip, so the generic form).
 template <typename O, bool kAccumulate>
 void column_coefficients(const O* column_sums, int64_t num_tasks, int64_t stride, const O* keep,
@@ -542,9 +565,9 @@ void column_coefficients(const O* column_sums, int64_t num_tasks, int64_t stride
     GRADDROP_SIMD_LOOP
     for (int64_t c = 0; c < count; ++c) {
       coefficient[c] =
-          detail::task_coefficient_branch_free(sums[c], keep[c], uniform[c], task_leak, zero_sign);
+          detail::task_coefficient(sums[c], keep[c], uniform[c], task_leak, zero_sign);
       if constexpr (kAccumulate) {
-        kept[c] += detail::sign_mask_branch_free(sums[c], keep[c], uniform[c], zero_sign);
+        kept[c] += detail::sign_mask(sums[c], keep[c], uniform[c], zero_sign);
       }
     }
   }
@@ -673,7 +696,8 @@ void element_tiles(const KernelParams& params, int64_t tile_begin, int64_t tile_
                                           epsilon, buffers);
         const O* keep = keep_of(buffers.purity,
                                 explicit_keep != nullptr ? explicit_keep + first : nullptr,
-                                count, params.keep_function, scale, buffers.keep);
+                                explicit_uniform != nullptr ? uniform : nullptr, count,
+                                params.keep_function, scale, buffers.keep);
         O* combined = Type::kConverted ? buffers.combined : reinterpret_cast<O*>(output + first);
         combine_elements<O, kTasks, kAccumulate>(buffers.signal, buffers.views, num_tasks, keep,
                                                 uniform, buffers.leak, params.zero_sign, count,
@@ -720,28 +744,38 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
       const int64_t count = smaller(strip_width, columns - first_column);
       if (kAccumulate) buffers.lanes.clear(num_tasks);
 
-      // Pass 1: the signals summed over the batch, rows in order.
+      // Pass 1: the signals summed over the batch in the canonical order of detail/math.h
+      // (row lanes inside chunks of rows, a fixed tree, chunks in order), as the GPU sums them.
+      const int64_t lane_stride = num_tasks * width_stride;
       for (int64_t i = 0; i < num_tasks; ++i) {
         O* sums = buffers.column_sums + i * width_stride;
         for (int64_t c = 0; c < count; ++c) sums[c] = 0;
       }
-      for (int64_t row = 0; row < rows; ++row) {
-        const int64_t base = row * columns + first_column;
-        if (row + kPrefetchBlocks < rows) {
-          const int64_t ahead = base + kPrefetchBlocks * columns;
-          prefetch_range(activation, ahead, count, rows * columns);
-          for (int64_t i = 0; i < num_tasks; ++i) {
-            prefetch_range(grads[i], ahead, count, rows * columns);
+      for (int64_t chunk_first = 0; chunk_first < rows; chunk_first += detail::kRowChunk) {
+        const int64_t chunk_end = smaller(rows, chunk_first + detail::kRowChunk);
+        for (int64_t k = 0; k < detail::kRowLanes * lane_stride; ++k) buffers.lane_sums[k] = 0;
+        for (int64_t row = chunk_first; row < chunk_end; ++row) {
+          const int64_t base = row * columns + first_column;
+          if (row + kPrefetchBlocks < rows) {
+            const int64_t ahead = base + kPrefetchBlocks * columns;
+            prefetch_range(activation, ahead, count, rows * columns);
+            for (int64_t i = 0; i < num_tasks; ++i) {
+              prefetch_range(grads[i], ahead, count, rows * columns);
+            }
           }
+          const O* activation_values =
+              opmath_view<Type>(activation + base, count, buffers.signal);
+          signal_of_activation(activation_values, count, params.sign_source, buffers.signal);
+          for (int64_t i = 0; i < num_tasks; ++i) {
+            buffers.views[i] =
+                opmath_view<Type>(grads[i] + base, count, buffers.tasks + i * width_stride);
+          }
+          O* lane = buffers.lane_sums + (row % detail::kRowLanes) * lane_stride;
+          accumulate_column_sums<O, kTasks>(buffers.signal, buffers.views, num_tasks, count,
+                                            width_stride, lane);
         }
-        const O* activation_values = opmath_view<Type>(activation + base, count, buffers.signal);
-        signal_of_activation(activation_values, count, params.sign_source, buffers.signal);
-        for (int64_t i = 0; i < num_tasks; ++i) {
-          buffers.views[i] =
-              opmath_view<Type>(grads[i] + base, count, buffers.tasks + i * width_stride);
-        }
-        accumulate_column_sums<O, kTasks>(buffers.signal, buffers.views, num_tasks, count,
-                                          width_stride, buffers.column_sums);
+        add_row_lanes(buffers.lane_sums, lane_stride, num_tasks, count, width_stride,
+                      buffers.column_sums);
       }
 
       // P, f(P), U and c_i of the strip's columns.
@@ -749,15 +783,16 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
         buffers.views[i] = buffers.column_sums + i * width_stride;
       }
       purity_of<O, 0, kAccumulate>(nullptr, buffers.views, num_tasks, count, epsilon, buffers);
-      const O* keep = keep_of(buffers.purity,
-                              explicit_keep != nullptr ? explicit_keep + first_column : nullptr,
-                              count, params.keep_function, scale, buffers.keep);
       const O* uniform = buffers.uniform;
       if (explicit_uniform != nullptr) {
         uniform = explicit_uniform + first_column;
       } else {
         draw_uniform(params.seed, params.offset, first_column, count, buffers.uniform);
       }
+      const O* keep = keep_of(buffers.purity,
+                              explicit_keep != nullptr ? explicit_keep + first_column : nullptr,
+                              explicit_uniform != nullptr ? uniform : nullptr, count,
+                              params.keep_function, scale, buffers.keep);
       column_coefficients<O, kAccumulate>(buffers.column_sums, num_tasks, width_stride, keep,
                                           uniform, buffers.leak, params.zero_sign, count,
                                           buffers.coefficients, buffers.lanes);

@@ -194,6 +194,15 @@ std::tuple<at::Tensor, at::Tensor> finish_combine(at::Tensor output,
   if (!arguments.statistics) return {output, at::empty({0}, output.options().dtype(at::kDouble))};
   int64_t purity_elements = 1;
   for (auto size : arguments.purity_shape) purity_elements *= size;
+  // The kernels skip undefined gradients; the mask of a zero gradient is the zero-sign rule at
+  // every element of P.
+  if (arguments.zero_sign == ZeroSign::kKeep) {
+    for (int64_t task = 0; task < n; ++task) {
+      if (!arguments.grads[static_cast<size_t>(task)].defined()) {
+        accumulators[task].fill_(static_cast<double>(purity_elements));
+      }
+    }
+  }
   const auto counts = accumulators.narrow(0, 0, n + 2);
   auto statistics = purity_elements > 0 ? counts / static_cast<double>(purity_elements)
                                         : at::zeros_like(counts);

@@ -4,9 +4,11 @@
 // the Philox draw computed side by side, the L2-sized strips and their uncached fallback, and
 // bit-identical results (output, statistics, keep_grad_norm) across thread counts and
 // instruction sets.
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -89,10 +91,18 @@ at::Tensor misaligned_copy(const at::Tensor& tensor) {
   return view;
 }
 
-// --- The branch-free mask rule ------------------------------------------------------------
+// --- The shared math (detail/math.h) --------------------------------------------------------
+
+// The mask rule written out as DESIGN.md §1 step 6 states it, case by case.
+template <typename T>
+bool expected_mask(T signal, T keep, T uniform, ZeroSign zero_sign) {
+  if (std::isnan(signal) || signal == T(0)) return zero_sign == ZeroSign::kKeep;
+  if (signal > T(0)) return keep > uniform;  // false when keep or uniform is NaN
+  return keep < uniform;
+}
 
 template <typename T>
-void check_branch_free_mask_rule() {
+void check_mask_rule_truth_table() {
   const T nan = std::numeric_limits<T>::quiet_NaN();
   const T inf = std::numeric_limits<T>::infinity();
   const T denormal = std::numeric_limits<T>::denorm_min();
@@ -106,16 +116,14 @@ void check_branch_free_mask_rule() {
           SCOPED_TRACE(::testing::Message() << "signal " << signal << " keep " << keep
                                             << " uniform " << uniform << " zero_sign "
                                             << static_cast<int>(zero_sign));
-          EXPECT_EQ(detail::sign_mask(signal, keep, uniform, zero_sign),
-                    detail::sign_mask_branch_free(signal, keep, uniform, zero_sign));
+          const bool mask = expected_mask(signal, keep, uniform, zero_sign);
+          EXPECT_EQ(detail::sign_mask(signal, keep, uniform, zero_sign), mask);
           for (T leak : leaks) {
-            const T branchy = detail::task_coefficient(signal, keep, uniform, leak, zero_sign);
-            const T branch_free =
-                detail::task_coefficient_branch_free(signal, keep, uniform, leak, zero_sign);
-            if (std::isnan(branchy)) {
-              EXPECT_TRUE(std::isnan(branch_free));
+            const T coefficient = detail::task_coefficient(signal, keep, uniform, leak, zero_sign);
+            if (std::isnan(keep)) {
+              EXPECT_TRUE(std::isnan(coefficient)) << "a NaN f(P) must give a NaN coefficient";
             } else {
-              EXPECT_EQ(branchy, branch_free);
+              EXPECT_EQ(coefficient, mask ? T(1) : leak);
             }
           }
         }
@@ -124,9 +132,119 @@ void check_branch_free_mask_rule() {
   }
 }
 
-TEST(CpuKernel, BranchFreeMaskRuleEqualsTheMaskRule) {
-  check_branch_free_mask_rule<float>();
-  check_branch_free_mask_rule<double>();
+TEST(CpuKernel, MaskRuleTruthTable) {
+  check_mask_rule_truth_table<float>();
+  check_mask_rule_truth_table<double>();
+}
+
+template <typename T>
+void check_explicit_keep_rules() {
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  EXPECT_EQ(detail::checked_keep(T(0.3), T(0.7)), T(0.7));
+  EXPECT_EQ(detail::checked_keep(T(0.3), T(0)), T(0));
+  EXPECT_EQ(detail::checked_keep(T(0.3), T(1)), T(1));
+  EXPECT_TRUE(std::isnan(detail::checked_keep(nan, T(0.7)))) << "a NaN purity wins over f(P)";
+  EXPECT_TRUE(std::isnan(detail::checked_keep(T(0.3), T(1.5))));
+  EXPECT_TRUE(std::isnan(detail::checked_keep(T(0.3), T(-0.1))));
+  EXPECT_EQ(detail::keep_for_uniform(T(0.7), T(0)), T(0.7));
+  EXPECT_TRUE(std::isnan(detail::keep_for_uniform(T(0.7), T(1))));
+  EXPECT_TRUE(std::isnan(detail::keep_for_uniform(T(0.7), T(-0.5))));
+  EXPECT_TRUE(std::isnan(detail::keep_for_uniform(T(0.7), nan)));
+}
+
+TEST(CpuKernel, ExplicitKeepAndUniformOutOfRangeOrNanPurityGiveNan) {
+  check_explicit_keep_rules<float>();
+  check_explicit_keep_rules<double>();
+}
+
+// detail::exponential (the sigmoid's exp, the same bits on every device) against libm's exp in
+// long double: within 2 ulp over the range where the result is a normal number, exact
+// special values, and a sigmoid that never gives NaN for a huge scale.
+template <typename T>
+void check_exponential(uint64_t seed) {
+  std::mt19937_64 engine(seed);
+  std::uniform_real_distribution<double> spread(-1.0, 1.0);
+  const double limit = sizeof(T) == 4 ? 87.0 : 708.0;
+  double worst_ulp = 0.0;
+  T worst_x = 0;
+  for (int i = 0; i < 200000; ++i) {
+    const T x = static_cast<T>(spread(engine) * limit);
+    const long double exact = std::exp(static_cast<long double>(x));
+    const T value = detail::exponential(x);
+    const T rounded = static_cast<T>(exact);
+    const long double ulp =
+        static_cast<long double>(std::nextafter(rounded, std::numeric_limits<T>::infinity())) -
+        static_cast<long double>(rounded);
+    const double error = static_cast<double>(std::fabs(static_cast<long double>(value) - exact) / ulp);
+    if (error > worst_ulp) {
+      worst_ulp = error;
+      worst_x = x;
+    }
+  }
+  EXPECT_LE(worst_ulp, 2.0) << "at x = " << worst_x << " (seed " << seed << ")";
+  EXPECT_EQ(detail::exponential(T(0)), T(1));
+  EXPECT_EQ(detail::exponential(std::numeric_limits<T>::infinity()),
+            std::numeric_limits<T>::infinity());
+  EXPECT_EQ(detail::exponential(-std::numeric_limits<T>::infinity()), T(0));
+  EXPECT_TRUE(std::isnan(detail::exponential(std::numeric_limits<T>::quiet_NaN())));
+  const T huge = std::numeric_limits<T>::max();
+  for (T purity_value : {T(0), T(0.25), T(0.5), T(0.75), T(1)}) {
+    const T keep = detail::keep_probability(purity_value, KeepFunction::kSigmoid, huge);
+    EXPECT_FALSE(std::isnan(keep)) << "P " << purity_value;
+    EXPECT_EQ(keep, purity_value > T(0.5) ? T(1) : (purity_value < T(0.5) ? T(0) : T(0.5)));
+  }
+}
+
+TEST(CpuKernel, ExponentialIsWithinTwoUlpOfExp) {
+  const uint64_t seed = testing::test_seed();
+  check_exponential<float>(seed);
+  check_exponential<double>(seed + 1);
+}
+
+// The canonical batch sum (DESIGN.md §2): a marginalised P equals the P formed from column sums
+// added exactly in the canonical order (row lanes inside chunks, the fixed tree, chunks in
+// order), bit for bit, for batches around the chunk boundaries. One column, so the statistics'
+// mean purity is that P itself. The plain row-by-row order must differ somewhere, or the test
+// could not tell the orders apart.
+TEST(CpuKernel, MarginalisedColumnSumsFollowTheCanonicalOrder) {
+  auto generator = testing::seeded_generator(4242);
+  int64_t sequential_differs = 0;
+  for (const int64_t rows : {int64_t(1), int64_t(7), int64_t(9), int64_t(100),
+                             detail::kRowChunk - 1, detail::kRowChunk, detail::kRowChunk + 3,
+                             3 * detail::kRowChunk + 17}) {
+    for (int trial = 0; trial < 4; ++trial) {
+      const auto activation = testing::random_activation({rows, 1}, at::kFloat, generator);
+      const auto grads = testing::random_grads(activation, 2, generator);
+      const auto options = GradDropOptions(2).sign_source(SignSource::kActivationValue);
+      const float* a = activation.data_ptr<float>();
+      float canonical_signed = 0.0f, canonical_absolute = 0.0f;
+      float sequential_signed = 0.0f, sequential_absolute = 0.0f;
+      for (const auto& grad : grads) {
+        const float* g = grad.data_ptr<float>();
+        float canonical = 0.0f, sequential = 0.0f;
+        for (int64_t chunk = 0; chunk < rows; chunk += detail::kRowChunk) {
+          float lanes[detail::kRowLanes] = {};
+          for (int64_t row = chunk; row < std::min(rows, chunk + detail::kRowChunk); ++row) {
+            lanes[row % detail::kRowLanes] += a[row] * g[row];
+          }
+          canonical += detail::sum_of_row_lanes(lanes, 1);
+        }
+        for (int64_t row = 0; row < rows; ++row) sequential += a[row] * g[row];
+        canonical_signed += canonical;
+        canonical_absolute += std::fabs(canonical);
+        sequential_signed += sequential;
+        sequential_absolute += std::fabs(sequential);
+      }
+      const float epsilon = static_cast<float>(options.epsilon());
+      const float expected = detail::purity(canonical_signed, canonical_absolute, epsilon);
+      const float row_by_row = detail::purity(sequential_signed, sequential_absolute, epsilon);
+      sequential_differs += expected != row_by_row;
+      GradDropStatistics statistics;
+      combine(grads, activation, options, nullopt, nullopt, &statistics);
+      EXPECT_EQ(statistics.mean_purity, static_cast<double>(expected)) << "rows " << rows;
+    }
+  }
+  EXPECT_GT(sequential_differs, 0) << "no case where the order of the batch sum mattered";
 }
 
 // --- Against the reference ------------------------------------------------------------------
