@@ -103,7 +103,7 @@ at::Tensor launch_marginalized_with(const ops::CombineArguments& arguments, cons
   const auto on_device = arguments.activation.options();
   const int64_t chunks = row_chunks_of(arguments.rows);
   const int64_t groups = statistics_groups_of(arguments.columns);
-  auto statistics = statistics_rows(arguments, groups + chunks * groups);
+  const at::Tensor statistics = statistics_rows(arguments, groups + chunks * groups);
   const unsigned threads = static_cast<unsigned>(2 * plan.width);
 
   MarginalizedParams<scalar_t, opmath_t, Tasks> params{};
@@ -134,7 +134,7 @@ at::Tensor launch_marginalized_with(const ops::CombineArguments& arguments, cons
   // Per strip: the chunks' column sums, the arrivals, then the coefficients.
   const at::Tensor chunk_sums = at::empty(
       {chunks, n, arguments.columns}, on_device.dtype(c10::CppTypeToScalarType<opmath_t>::value));
-  auto arrivals = at::zeros({plan.strips}, on_device.dtype(at::kInt));
+  const at::Tensor arrivals = at::zeros({plan.strips}, on_device.dtype(at::kInt));
   const at::Tensor coefficients = at::empty({n, arguments.columns}, chunk_sums.options());
   params.chunk_sums = chunk_sums.data_ptr<opmath_t>();
   params.arrivals = reinterpret_cast<unsigned int*>(arrivals.data_ptr<int>());
