@@ -204,6 +204,48 @@ TEST(CudaReference, EveryPerElementKernelPathAndLayout) {
   }
 }
 
+// Every kernel path once, at sizes a sanitizer gets through quickly (scripts/gpu_check.sh runs
+// compute-sanitizer over CudaKernelPaths.*: racecheck and synccheck over SmallShapes only).
+// [2048, 64] is small but has too few strips, and too many rows to cache a strip: rows split
+// over blocks; [1024, 64] with 2 tasks caches a strip of more than 48 KB.
+TEST(CudaKernelPaths, SmallShapes) {
+  GRADDROP_REQUIRE_CUDA();
+  uint64_t salt = 900;
+  struct DtypeTasks {
+    at::ScalarType dtype;
+    int64_t n;
+  };
+  const auto keep_square = [](const at::Tensor& purity) { return purity * purity; };
+  for (const auto& item : {DtypeTasks{at::kFloat, 2}, DtypeTasks{at::kFloat, 10},
+                           DtypeTasks{at::kBFloat16, 3}, DtypeTasks{at::kDouble, 5},
+                           DtypeTasks{at::kHalf, 2}}) {
+    const auto per_element = GradDropOptions(item.n).marginalize_batch(false);
+    expect_matches_reference({64, 1024}, item.dtype, per_element, ++salt);
+    expect_matches_reference({33, 7}, item.dtype, per_element, ++salt, Layout::kMisaligned);
+    for (const auto& shape : std::vector<std::vector<int64_t>>{
+             {1, 5}, {4, 13}, {7, 1001}, {256, 4096}, {2048, 64}, {1024, 64}, {0, 10}}) {
+      expect_matches_reference(shape, item.dtype, GradDropOptions(item.n), ++salt);
+    }
+    for (const auto& shape : std::vector<std::vector<int64_t>>{{256, 4096}, {2048, 64}}) {
+      expect_matches_reference(shape, item.dtype, GradDropOptions(item.n).keep_grad_norm(true),
+                               ++salt, Layout::kContiguous, /*undefined_every=*/3);
+      expect_matches_reference(shape, item.dtype,
+                               GradDropOptions(item.n).custom_keep_function(keep_square), ++salt);
+    }
+  }
+}
+
+// The large path shapes of the issue, once each.
+TEST(CudaKernelPaths, LargeShapes) {
+  GRADDROP_REQUIRE_CUDA();
+  uint64_t salt = 950;
+  expect_matches_reference({512, 32768}, at::kFloat, GradDropOptions(2), ++salt);
+  expect_matches_reference({65536, 64}, at::kFloat, GradDropOptions(2), ++salt);
+  expect_matches_reference({4096, 100}, at::kBFloat16, GradDropOptions(3), ++salt);
+  expect_matches_reference({64, 131072}, at::kFloat, GradDropOptions(2).keep_grad_norm(true),
+                           ++salt);
+}
+
 TEST(CudaReference, EveryOption) {
   GRADDROP_REQUIRE_CUDA();
   uint64_t salt = 1000;
