@@ -157,19 +157,17 @@ TEST(CudaReference, SmallBatchesAndRaggedColumns) {
   }
 }
 
-// The large shapes of the marginalised paths (see the top of this file), float and bfloat16 with
-// 2 and 5 tasks, the others dtypes on the two mid-sized ones.
+// The large shapes of the marginalised paths (see the top of this file): float with 5 tasks and
+// bfloat16 with 2 (CudaKernelPaths has float with 2), the other dtypes on two mid-sized ones.
+// The float64 reference runs on the CPU, so the large shapes are few.
 TEST(CudaReference, EveryMarginalizedKernelPath) {
   GRADDROP_REQUIRE_CUDA();
   uint64_t salt = 500;
   const std::vector<std::vector<int64_t>> shapes = {
       {256, 4096}, {65536, 64}, {4096, 100}, {512, 32768}, {64, 131072}};
   for (const auto& shape : shapes) {
-    for (const auto dtype : {at::kFloat, at::kBFloat16}) {
-      for (const int64_t n : {2, 5}) {
-        expect_matches_reference(shape, dtype, GradDropOptions(n), ++salt);
-      }
-    }
+    expect_matches_reference(shape, at::kFloat, GradDropOptions(5), ++salt);
+    expect_matches_reference(shape, at::kBFloat16, GradDropOptions(2), ++salt);
   }
   for (const auto dtype : {at::kDouble, at::kHalf}) {
     expect_matches_reference({256, 4096}, dtype, GradDropOptions(3), ++salt);
