@@ -31,7 +31,7 @@
 #                      per sanitizer tool MEMCHECK_LIMIT_S 60, INITCHECK_LIMIT_S 50,
 #                      RACECHECK_LIMIT_S 45, SYNCCHECK_LIMIT_S 35).
 #
-# Typical use (the prepared folder is about 20 MiB; the device tool carries it by name):
+# Typical use (the prepared folder is about 14 MiB; the device tool carries it by name):
 #   here:            scripts/gpu_check.sh prepare
 #   on the GPU:      OUT=... scripts/gpu_check.sh --prebuilt=.carry/gpu-build test python sanitize bench
 #
@@ -64,7 +64,7 @@ for argument in "$@"; do
     --benchmark=*) BENCHMARK_DIR=${argument#*=} ;;
     --deadline=*) DEADLINE_S=${argument#*=} ;;
     prepare|build|test|python|sanitize|bench|all) STAGES+=("$argument") ;;
-    -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$argument' (see --help)" >&2; exit 2 ;;
   esac
 done
