@@ -1,152 +1,388 @@
 #!/usr/bin/env bash
-# The GPU checks of graddrop in one command, for a machine with an NVIDIA GPU, nvcc, CMake and a
-# CUDA-enabled LibTorch (a pip torch), and no network: configure, build, run the GPU tests, run
-# them again under compute-sanitizer (memcheck and racecheck, on a subset that takes minutes),
-# and run the CUDA benchmark. Everything is printed, and logged under $OUT when it is set.
+# The GPU checks of graddrop in one command. GPU time is scarce, so the binaries are normally
+# built on a machine without a GPU ("prepare") and carried to the GPU machine, which only runs
+# them ("--prebuilt"); building on the GPU machine ("build") remains as the fallback.
 #
-# Usage:  scripts/gpu_check.sh [--googletest=DIR] [--benchmark=DIR] [STAGE...]
-#   STAGE: build, test, sanitize, bench, or all (the default). The build folder (build-gpu) is
-#   kept, so the stages can run in separate calls where one call has a time limit (each takes a
-#   few minutes on a 16-core H100 machine): `build test`, then `sanitize bench`.
+# Usage:  scripts/gpu_check.sh [OPTION...] [STAGE...]
+#   prepare   (on the build machine, no GPU needed) build libgraddrop, the GPU test program and
+#             the CUDA benchmark for CUDA_ARCH (default 9.0: H100/H200) against the torch of
+#             PYTHON, and copy them, with the libraries they need that the GPU machine lacks
+#             (Google Benchmark), the pytest files and GoogleTest's sources (for the fallback
+#             build), into PREPARED_DIR (default .carry/gpu-build, ignored by git).
+#   build     configure and build in BUILD_DIR (default build-gpu) on this machine (fallback).
+#   test      the GPU test program (GoogleTest).
+#   python    the pytest suite through torch.ops.graddrop (CPU and CUDA tensors).
+#   sanitize  compute-sanitizer memcheck, initcheck, racecheck and synccheck over the
+#             CudaKernelPaths tests (every kernel path at small sizes; see the filters below).
+#   bench     the CUDA benchmark (N = 16M, 64M; n = 2, 4, 8; float32, bfloat16; per element and
+#             marginalised), with a summary table.
+#   all       (the default) build test python sanitize bench; with --prebuilt the same but build.
+#   Stages run in the order above, whatever the order given.
 #
-# Offline inputs, prepared once on a machine with the Debian packages, in the repository root
-# (.carry/ is ignored by git):
-#   mkdir -p .carry && cp -r /usr/src/googletest .carry/
-#   GoogleTest is then built from .carry/googletest (or --googletest=DIR, or the environment
-#   variable GRADDROP_GOOGLETEST_SOURCE_DIR).
-#   Google Benchmark: Debian ships no sources (libbenchmark-dev holds headers and a library built
-#   for Debian). With a source tree of https://github.com/google/benchmark (1.7 or later) in
-#   .carry/benchmark (or --benchmark=DIR, or GRADDROP_BENCHMARK_SOURCE_DIR) the benchmark uses
-#   it; without one, the CUDA benchmark builds as a plain program (CUDA-event timing, the same
-#   summary table) and the CPU benchmarks are left out.
+# Options:
+#   --prebuilt[=DIR]   run the binaries of a prepared folder (default .carry/gpu-build) instead of
+#                      building; if they do not start here, build here (the build stage) instead.
+#   --googletest=DIR   GoogleTest sources for the build stage (default .carry/googletest, else
+#                      PREPARED_DIR/googletest, else an installed GoogleTest).
+#   --benchmark=DIR    Google Benchmark sources for the build stage (default .carry/benchmark;
+#                      without them the CUDA benchmark builds as a plain program).
+#   --deadline=SECONDS stop starting stages after this long (default 510); each stage also has
+#                      its own limit (TEST_LIMIT_S 150, PYTHON_LIMIT_S 90, BENCH_LIMIT_S 180, and
+#                      per sanitizer tool MEMCHECK_LIMIT_S 60, INITCHECK_LIMIT_S 50,
+#                      RACECHECK_LIMIT_S 45, SYNCCHECK_LIMIT_S 35).
 #
-# Environment: PYTHON (the python whose torch to use; default /opt/torch/.venv/bin/python3 if it
-# exists, else python3), CUDA_ARCH (e.g. 9.0; default: the local GPU's), BUILD_DIR (build-gpu),
-# BENCH_FILTER (a substring/regex of the benchmark names to run), OUT (a folder for the logs).
+# Typical use (the prepared folder is about 14 MiB; the device tool carries it by name):
+#   here:            scripts/gpu_check.sh prepare
+#   on the GPU:      OUT=... scripts/gpu_check.sh --prebuilt=.carry/gpu-build test python sanitize bench
+#
+# Environment: PYTHON (the python whose torch to use; default .venv/bin/python, then
+# /opt/torch/.venv/bin/python3, then python3), CUDA_ARCH (prepare: 9.0; build: the local GPU's),
+# JOBS (build parallelism; default nproc), BUILD_DIR, PREPARE_BUILD_DIR (build-gpu-prepare),
+# PREPARED_DIR, MEMCHECK_FILTER / INITCHECK_FILTER / RACECHECK_FILTER / SYNCCHECK_FILTER
+# (GoogleTest filters), SANITIZER_TOOLS (default "memcheck initcheck racecheck synccheck"),
+# BENCH_FILTER (Google Benchmark regex, or a substring for the plain build), GRADDROP_TEST_SEED
+# (one seed for every stage; printed), OUT (a folder for the logs: gpu_check.log, build.log,
+# tests.log, python.log, sanitizer.log, bench.log, summary.txt).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+START_TIME=$(date +%s)
 
 GOOGLETEST_DIR=${GRADDROP_GOOGLETEST_SOURCE_DIR:-$ROOT/.carry/googletest}
 BENCHMARK_DIR=${GRADDROP_BENCHMARK_SOURCE_DIR:-$ROOT/.carry/benchmark}
 BUILD_DIR=${BUILD_DIR:-$ROOT/build-gpu}
+PREPARE_BUILD_DIR=${PREPARE_BUILD_DIR:-$ROOT/build-gpu-prepare}
+PREPARED_DIR=${PREPARED_DIR:-$ROOT/.carry/gpu-build}
+DEADLINE_S=510
+PREBUILT=""
 STAGES=()
 for argument in "$@"; do
   case "$argument" in
+    --prebuilt) PREBUILT=$PREPARED_DIR ;;
+    --prebuilt=*) PREBUILT=${argument#*=} ;;
     --googletest=*) GOOGLETEST_DIR=${argument#*=} ;;
     --benchmark=*) BENCHMARK_DIR=${argument#*=} ;;
-    build|test|sanitize|bench|all) STAGES+=("$argument") ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --deadline=*) DEADLINE_S=${argument#*=} ;;
+    prepare|build|test|python|sanitize|bench|all) STAGES+=("$argument") ;;
+    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$argument' (see --help)" >&2; exit 2 ;;
   esac
 done
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(all)
-wants() { local stage; for stage in "${STAGES[@]}"; do [ "$stage" = all ] || [ "$stage" = "$1" ] && return 0; done; return 1; }
-
-LOG_DIR=""
-if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT"
-  LOG_DIR=$OUT
-  exec > >(tee -a "$LOG_DIR/gpu_check.log") 2>&1
+if [ -n "$PREBUILT" ]; then
+  case "$PREBUILT" in /*) ;; *) PREBUILT=$ROOT/$PREBUILT ;; esac
 fi
-# Runs a command; with OUT set, its output also goes to $OUT/NAME.log. Returns its status.
-logged() {
-  local name=$1; shift
-  echo "+ $*"
-  if [ -n "$LOG_DIR" ]; then
-    "$@" 2>&1 | tee "$LOG_DIR/$name.log"
-    return "${PIPESTATUS[0]}"
-  fi
-  "$@"
+wants() {
+  local stage
+  for stage in "${STAGES[@]}"; do
+    if [ "$stage" = "$1" ]; then return 0; fi
+    if [ "$stage" = all ] && [ "$1" != prepare ] && { [ "$1" != build ] || [ -z "$PREBUILT" ]; }; then
+      return 0
+    fi
+  done
+  return 1
 }
 
+# ---- Logs and the summary ---------------------------------------------------------------------
+if [ -n "${OUT:-}" ]; then
+  LOG_DIR=$OUT
+else
+  LOG_DIR=$(mktemp -d /tmp/gpu_check.XXXXXX)
+fi
+mkdir -p "$LOG_DIR"
+exec > >(tee -a "$LOG_DIR/gpu_check.log") 2>&1
+SUMMARY=()
 FAILED=()
-step_failed() { echo "gpu_check: FAILED: $1"; FAILED+=("$1"); }
+note() { echo "gpu_check: $*"; }
+GPU_PRESENT=False
+# record STAGE STATUS [DETAIL]. A stage that skipped itself (no GPU seen by the program) is a
+# failure where this machine has a GPU, and only a dry run where it has none.
+record() {
+  SUMMARY+=("$(printf '%-10s %-12s %s' "$1" "$2" "${3:-}")")
+  case "$2" in
+    PASSED) ;;
+    SKIPPED*) [ "$GPU_PRESENT" = True ] && FAILED+=("$1 (skipped although a GPU is here)") ;;
+    *) FAILED+=("$1") ;;
+  esac
+}
+seconds_left() { echo $((DEADLINE_S - ($(date +%s) - START_TIME))); }
+
+# run_limited LOG LIMIT COMMAND...: runs COMMAND with at most LIMIT seconds (less when the
+# deadline is nearer), appending its output to LOG and the console. Sets RUN_STATUS (124: timed
+# out, 125: not started for lack of time) and RUN_SECONDS.
+run_limited() {
+  local log=$1 limit=$2; shift 2
+  local left
+  left=$(seconds_left)
+  [ "$limit" -gt "$left" ] && limit=$left
+  RUN_SECONDS=0
+  if [ "$limit" -lt 10 ]; then
+    echo "gpu_check: not started, the deadline (${DEADLINE_S}s) is near: $*" | tee -a "$log"
+    RUN_STATUS=125
+    return
+  fi
+  echo "+ (limit ${limit}s) $*" | tee -a "$log"
+  local started
+  started=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
+  RUN_STATUS=${PIPESTATUS[0]}
+  RUN_SECONDS=$(($(date +%s) - started))
+  [ "$RUN_STATUS" -eq 137 ] && RUN_STATUS=124
+}
+# The stage status for an exit status of a GoogleTest program (77: every test skipped).
+status_word() {
+  case "$1" in
+    0) echo PASSED ;;
+    77) echo "SKIPPED" ;;
+    124) echo "TIMED-OUT" ;;
+    125) echo "NOT-RUN" ;;
+    *) echo "FAILED($1)" ;;
+  esac
+}
 
 # ---- The machine ------------------------------------------------------------------------------
 if [ -z "${PYTHON:-}" ]; then
-  if [ -x /opt/torch/.venv/bin/python3 ]; then PYTHON=/opt/torch/.venv/bin/python3; else PYTHON=python3; fi
+  for candidate in "$ROOT/.venv/bin/python" /opt/torch/.venv/bin/python3 python3; do
+    if command -v "$candidate" > /dev/null 2>&1; then PYTHON=$candidate; break; fi
+  done
 fi
-echo "gpu_check: $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname)"
-nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader 2>/dev/null ||
-  echo "gpu_check: no nvidia-smi"
-
+export GRADDROP_TEST_SEED=${GRADDROP_TEST_SEED:-$(( $(date +%s) % 1000000007 ))}
+note "$(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname); stages: ${STAGES[*]}${PREBUILT:+; prebuilt: $PREBUILT}"
+note "logs in $LOG_DIR; test seed $GRADDROP_TEST_SEED (GRADDROP_TEST_SEED)"
+GPU_LINE=$(nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader 2>/dev/null | head -1)
+note "GPU: ${GPU_LINE:-none (no nvidia-smi)}"
 TORCH_PREFIX=$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)') || {
-  echo "gpu_check: $PYTHON has no torch (set PYTHON)"; exit 1; }
-"$PYTHON" -c 'import torch; print("gpu_check: torch", torch.__version__, "CUDA", torch.version.cuda, "GPU", torch.cuda.is_available())'
-if [ -z "${CUDA_ARCH:-}" ]; then
-  CUDA_ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' ')
-  [ -z "$CUDA_ARCH" ] && CUDA_ARCH=$("$PYTHON" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)
-  [ -z "$CUDA_ARCH" ] && CUDA_ARCH=9.0
-fi
+  note "$PYTHON has no torch (set PYTHON)"; exit 1; }
+TORCH_LIB=$("$PYTHON" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+GPU_PRESENT=$("$PYTHON" -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null || echo False)
+TORCH_LINE=$("$PYTHON" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "GPU available", torch.cuda.is_available())')
+note "$PYTHON: $TORCH_LINE"
 NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-echo "gpu_check: CUDA architecture $CUDA_ARCH, nvcc $NVCC, torch's CMake config in $TORCH_PREFIX"
+JOBS=${JOBS:-$(nproc)}
 
-# ---- Configure and build ----------------------------------------------------------------------
-if wants build; then
-  GENERATOR=(-G Ninja)
-  command -v ninja > /dev/null || GENERATOR=()
-  CONFIGURE=(cmake -S "$ROOT" -B "$BUILD_DIR" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release
+# configure_and_build DIR ARCH BENCHMARKS(ON|OFF) LOG TARGET...
+configure_and_build() {
+  local dir=$1 arch=$2 benchmarks=$3 log=$4; shift 4
+  local generator=(-G Ninja)
+  command -v ninja > /dev/null || generator=()
+  local configure=(cmake -S "$ROOT" -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release
     "-DCMAKE_PREFIX_PATH=$TORCH_PREFIX" "-DCMAKE_CUDA_COMPILER=$NVCC" -DGRADDROP_CUDA=ON
-    "-DTORCH_CUDA_ARCH_LIST=$CUDA_ARCH" -DGRADDROP_BUILD_EXAMPLES=OFF
-    -DGRADDROP_BUILD_TESTS=ON -DGRADDROP_BUILD_BENCHMARKS=ON)
+    "-DTORCH_CUDA_ARCH_LIST=$arch" -DGRADDROP_BUILD_EXAMPLES=OFF -DGRADDROP_BUILD_TESTS=ON
+    "-DGRADDROP_BUILD_BENCHMARKS=$benchmarks" "-DGRADDROP_PYTHON=$PYTHON")
+  # GoogleTest: sources at GOOGLETEST_DIR; else, where none is installed (the GPU machine), the
+  # sources a prepared folder carries; else the installed one.
   if [ -f "$GOOGLETEST_DIR/CMakeLists.txt" ]; then
-    CONFIGURE+=("-DGRADDROP_GOOGLETEST_SOURCE_DIR=$GOOGLETEST_DIR")
+    configure+=("-DGRADDROP_GOOGLETEST_SOURCE_DIR=$GOOGLETEST_DIR")
+  elif [ -f "$PREPARED_DIR/googletest/CMakeLists.txt" ] &&
+       [ -z "$(find /usr/lib /usr/local/lib -maxdepth 2 -name 'libgtest.*' 2> /dev/null | head -1)" ]; then
+    configure+=("-DGRADDROP_GOOGLETEST_SOURCE_DIR=$PREPARED_DIR/googletest")
+  fi
+  [ -f "$BENCHMARK_DIR/CMakeLists.txt" ] && configure+=("-DGRADDROP_BENCHMARK_SOURCE_DIR=$BENCHMARK_DIR")
+  echo "+ ${configure[*]}" | tee -a "$log"
+  TORCH_CUDA_ARCH_LIST=$arch "${configure[@]}" >> "$log" 2>&1 || { tail -30 "$log"; return 1; }
+  echo "+ cmake --build $dir --parallel $JOBS --target $*" | tee -a "$log"
+  cmake --build "$dir" --parallel "$JOBS" --target "$@" 2>&1 | tee -a "$log" | grep -E '^\[[0-9]+/[0-9]+\]|error|FAILED' | tail -40
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { tail -30 "$log"; return 1; }
+}
+
+# ---- prepare: build here, for a GPU machine ---------------------------------------------------
+if wants prepare; then
+  started=$(date +%s)
+  PREPARE_ARCH=${CUDA_ARCH:-9.0}
+  note "prepare: building for sm_${PREPARE_ARCH/./} in $PREPARE_BUILD_DIR (JOBS=$JOBS)"
+  if configure_and_build "$PREPARE_BUILD_DIR" "$PREPARE_ARCH" ON "$LOG_DIR/build.log" \
+       graddrop graddrop_cuda_tests bench_cuda_combine_bench; then
+    rm -rf "$PREPARED_DIR"
+    mkdir -p "$PREPARED_DIR/bin" "$PREPARED_DIR/lib" "$PREPARED_DIR/python"
+    cp -L "$PREPARE_BUILD_DIR/src/libgraddrop.so.0" "$PREPARED_DIR/lib/libgraddrop.so.0"
+    cp "$PREPARE_BUILD_DIR/tests/graddrop_cuda_tests" "$PREPARE_BUILD_DIR/bench/bench_cuda_combine_bench" \
+       "$PREPARED_DIR/bin/"
+    cp "$ROOT"/tests/python/*.py "$PREPARED_DIR/python/"
+    # Libraries the binaries load that neither torch nor a base system provides there (Debian's
+    # Google Benchmark is a shared library; GoogleTest is linked statically).
+    for binary in "$PREPARED_DIR"/bin/* "$PREPARED_DIR/lib/libgraddrop.so.0"; do
+      LD_LIBRARY_PATH="$PREPARED_DIR/lib:$TORCH_LIB" ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}'
+    done | sort -u | while read -r soname path; do
+      case "$path" in
+        "$TORCH_LIB"/*|*/site-packages/*|/usr/local/cuda*|"$PREPARED_DIR"/*) continue ;;
+      esac
+      case "$soname" in
+        libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|libutil.so*|libresolv.so*|libanl.so*|libstdc++.so*|libgcc_s.so*|ld-linux*|libgomp.so*|libz.so*) continue ;;
+      esac
+      echo "gpu_check: prepare: carrying $soname ($path)"
+      cp -L "$path" "$PREPARED_DIR/lib/$soname"
+    done
+    if [ -f "$GOOGLETEST_DIR/CMakeLists.txt" ]; then
+      cp -r "$GOOGLETEST_DIR" "$PREPARED_DIR/googletest"
+    elif [ -f /usr/src/googletest/CMakeLists.txt ]; then
+      cp -r /usr/src/googletest "$PREPARED_DIR/googletest"
+    fi
+    {
+      echo "graddrop GPU build, prepared $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname)"
+      echo "commit $(git -C "$ROOT" rev-parse HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+      echo "$TORCH_LINE; CUDA architecture $PREPARE_ARCH; $("$NVCC" --version | tail -1)"
+      (cd "$PREPARED_DIR" && find . -type f -not -path './googletest/*' -exec ls -l {} + | awk '{print $5, $9}')
+    } > "$PREPARED_DIR/MANIFEST.txt"
+    size=$(du -sh "$PREPARED_DIR" | cut -f1)
+    note "prepare: $PREPARED_DIR holds $size"
+    record prepare PASSED "$size in $PREPARED_DIR ($(($(date +%s) - started))s)"
   else
-    echo "gpu_check: no GoogleTest sources at $GOOGLETEST_DIR: trying an installed GoogleTest"
+    record prepare FAILED "see build.log"
   fi
-  if [ -f "$BENCHMARK_DIR/CMakeLists.txt" ]; then
-    CONFIGURE+=("-DGRADDROP_BENCHMARK_SOURCE_DIR=$BENCHMARK_DIR")
-  fi
-  TORCH_CUDA_ARCH_LIST=$CUDA_ARCH logged configure "${CONFIGURE[@]}" || { step_failed configure; }
-  # Only what the GPU checks run (the CPU suites are CI's).
-  if [ ${#FAILED[@]} -eq 0 ]; then
-    logged build cmake --build "$BUILD_DIR" --parallel "$(nproc)" \
-      --target graddrop_cuda_tests bench_cuda_combine_bench || step_failed build
-  fi
-  if [ ${#FAILED[@]} -gt 0 ]; then echo "gpu_check: stopping: ${FAILED[*]}"; exit 1; fi
 fi
 
-TESTS=$BUILD_DIR/tests/graddrop_cuda_tests
-BENCH=$BUILD_DIR/bench/bench_cuda_combine_bench
+# ---- Where the binaries are -------------------------------------------------------------------
+use_build_dir() {
+  TESTS=$BUILD_DIR/tests/graddrop_cuda_tests
+  BENCH=$BUILD_DIR/bench/bench_cuda_combine_bench
+  LIBRARY=$BUILD_DIR/src/libgraddrop.so
+  PYTHON_TESTS=$ROOT/tests/python
+}
+build_here() {
+  local arch=${CUDA_ARCH:-}
+  if [ -z "$arch" ]; then
+    arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' ')
+    [ -z "$arch" ] && arch=$("$PYTHON" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)
+    [ -z "$arch" ] && arch=9.0
+  fi
+  local started
+  started=$(date +%s)
+  note "build: CUDA architecture $arch in $BUILD_DIR (JOBS=$JOBS)"
+  if configure_and_build "$BUILD_DIR" "$arch" ON "$LOG_DIR/build.log" \
+       graddrop graddrop_cuda_tests bench_cuda_combine_bench; then
+    record build PASSED "$BUILD_DIR ($(($(date +%s) - started))s)"
+  else
+    record build FAILED "see build.log"
+    return 1
+  fi
+}
 
-# ---- The GPU tests ----------------------------------------------------------------------------
+RUN_STAGES=0
+for stage in test python sanitize bench; do wants "$stage" && RUN_STAGES=1; done
+if [ -n "$PREBUILT" ] && [ "$RUN_STAGES" = 1 ]; then
+  TESTS=$PREBUILT/bin/graddrop_cuda_tests
+  BENCH=$PREBUILT/bin/bench_cuda_combine_bench
+  LIBRARY=$PREBUILT/lib/libgraddrop.so.0
+  PYTHON_TESTS=$PREBUILT/python
+  # The carried binaries have run paths to the build machine's torch: find this one's instead.
+  library_path=$PREBUILT/lib:$TORCH_LIB
+  for extra in "$TORCH_LIB/../../nvidia/cu13/lib" "$TORCH_LIB/../../nvidia/cuda_runtime/lib"; do
+    [ -d "$extra" ] && library_path=$library_path:$(cd "$extra" && pwd)
+  done
+  export LD_LIBRARY_PATH=$library_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  note "prebuilt binaries from $PREBUILT ($(head -2 "$PREBUILT/MANIFEST.txt" 2>/dev/null | tail -1))"
+  if ! start_check=$("$TESTS" --gtest_list_tests 2>&1); then
+    note "the prebuilt test program does not start here:"
+    echo "$start_check" | tail -20
+    ldd "$TESTS" 2>&1 | grep -E 'not found|version' || true
+    note "falling back to building here"
+    record prebuilt FAILED "does not start here; built here instead"
+    use_build_dir
+    build_here || { note "stopping: the build failed"; }
+  fi
+else
+  use_build_dir
+  if wants build; then build_here || note "the build failed"; fi
+fi
+
+# ---- test: the GPU test program ---------------------------------------------------------------
 if wants test; then
-  logged tests "$TESTS" --gtest_color=no || step_failed "GPU tests"
-fi
-
-# ---- compute-sanitizer ------------------------------------------------------------------------
-# memcheck: every kernel path (per element with vectors and element by element, marginalised
-# fused with the strip cached and split over row parts, the task table, statistics) on small
-# shapes; racecheck (shared-memory hazards, much slower): the paths with block reductions and the
-# cache. MEMCHECK_FILTER / RACECHECK_FILTER override the GoogleTest filters.
-if wants sanitize; then
-  MEMCHECK_FILTER=${MEMCHECK_FILTER:-'CudaReference.EveryKernelPathAndLayout:CudaReference.EdgeCases:CudaKeying.*:CudaDeterminism.*'}
-  RACECHECK_FILTER=${RACECHECK_FILTER:-'CudaDeterminism.*'}
-  if [ -x "$SANITIZER" ]; then
-    logged memcheck "$SANITIZER" --tool memcheck --error-exitcode 1 --print-limit 20 \
-      "$TESTS" --gtest_color=no "--gtest_filter=$MEMCHECK_FILTER" || step_failed memcheck
-    logged racecheck "$SANITIZER" --tool racecheck --racecheck-report hazard --error-exitcode 1 \
-      --print-limit 20 "$TESTS" --gtest_color=no "--gtest_filter=$RACECHECK_FILTER" ||
-      step_failed racecheck
+  if [ -x "$TESTS" ]; then
+    run_limited "$LOG_DIR/tests.log" "${TEST_LIMIT_S:-150}" "$TESTS" --gtest_color=no
+    counts=$(grep -E '^\[ *(PASSED|SKIPPED|FAILED) *\] [0-9]+ test' "$LOG_DIR/tests.log" | tr -s ' ' | sed 's/, listed below://' | paste -sd ';' -)
+    record tests "$(status_word "$RUN_STATUS")" "${RUN_SECONDS}s ${counts}"
+    FAILED_TESTS=$(grep -E '^\[  FAILED  \] Cuda' "$LOG_DIR/tests.log" | sort -u | head -20 | sed 's/^/           /')
   else
-    step_failed "compute-sanitizer not found"
+    record tests FAILED "no test program at $TESTS"
   fi
 fi
 
-# ---- The CUDA benchmark -----------------------------------------------------------------------
+# ---- python: the operator from Python (CPU and CUDA tensors) ----------------------------------
+if wants python; then
+  if [ -f "$LIBRARY" ] || [ -L "$LIBRARY" ]; then
+    run_limited "$LOG_DIR/python.log" "${PYTHON_LIMIT_S:-90}" \
+      env "GRADDROP_LIBRARY=$LIBRARY" "$PYTHON" -m pytest -q -rs -p no:cacheprovider "$PYTHON_TESTS"
+    last=$(grep -E '(passed|failed|error)' "$LOG_DIR/python.log" | tail -1 | tr -d '=')
+    record python "$(status_word "$RUN_STATUS")" "${RUN_SECONDS}s ${last}"
+  else
+    record python FAILED "no library at $LIBRARY"
+  fi
+fi
+
+# ---- sanitize: compute-sanitizer over every kernel path at small sizes ------------------------
+# memcheck and initcheck: every kernel path (CudaKernelPaths.*: per element vector and element by
+# element, marginalised small batches, cached strips, a strip over 48 KB, rows split over blocks,
+# many columns, statistics, keep_grad_norm, the custom keep function), the out-of-range inputs and
+# the edge cases (empty, 0-d, 1-d), with PyTorch's caching allocator off so that every tensor is
+# its own allocation. racecheck and synccheck (shared memory and barriers; slower): the small
+# shapes, which still take every marginalised path.
+if wants sanitize; then
+  if [ -x "$SANITIZER" ] && [ -x "$TESTS" ]; then
+    for tool in ${SANITIZER_TOOLS:-memcheck initcheck racecheck synccheck}; do
+      case "$tool" in
+        memcheck) filter=${MEMCHECK_FILTER:-'CudaKernelPaths.*:CudaOutOfRange.*:CudaReference.EdgeCases'}
+                  limit=${MEMCHECK_LIMIT_S:-60}; extra=(--leak-check no); no_cache=1 ;;
+        initcheck) filter=${INITCHECK_FILTER:-'CudaKernelPaths.*:CudaReference.EdgeCases'}
+                   limit=${INITCHECK_LIMIT_S:-50}; extra=(); no_cache=1 ;;
+        racecheck) filter=${RACECHECK_FILTER:-'CudaKernelPaths.SmallShapes'}
+                   limit=${RACECHECK_LIMIT_S:-45}; extra=(--racecheck-report hazard); no_cache=0 ;;
+        synccheck) filter=${SYNCCHECK_FILTER:-'CudaKernelPaths.SmallShapes'}
+                   limit=${SYNCCHECK_LIMIT_S:-35}; extra=(); no_cache=0 ;;
+        *) record "$tool" FAILED "unknown compute-sanitizer tool"; continue ;;
+      esac
+      echo "==== compute-sanitizer --tool $tool, --gtest_filter=$filter" | tee -a "$LOG_DIR/sanitizer.log"
+      before=$(wc -l < "$LOG_DIR/sanitizer.log")
+      environment=()
+      [ "$no_cache" = 1 ] && environment=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1)
+      run_limited "$LOG_DIR/sanitizer.log" "$limit" "${environment[@]}" "$SANITIZER" --tool "$tool" "${extra[@]}" \
+        --error-exitcode 1 --print-limit 20 "$TESTS" --gtest_color=no --gtest_brief=1 \
+        "--gtest_filter=$filter"
+      errors=$(tail -n +"$before" "$LOG_DIR/sanitizer.log" | grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' | tail -1 | sed 's/^=* *//')
+      record "$tool" "$(status_word "$RUN_STATUS")" "${RUN_SECONDS}s ${errors}"
+    done
+  else
+    record sanitize FAILED "compute-sanitizer ($SANITIZER) or the test program ($TESTS) not found"
+  fi
+fi
+
+# ---- bench: the CUDA benchmark ----------------------------------------------------------------
 if wants bench; then
   if [ -x "$BENCH" ]; then
-    logged bench "$BENCH" --benchmark_counters_tabular=true ${BENCH_FILTER:+"--benchmark_filter=$BENCH_FILTER"} ||
-      step_failed bench
+    run_limited "$LOG_DIR/bench.log" "${BENCH_LIMIT_S:-180}" "$BENCH" --benchmark_counters_tabular=true \
+      ${BENCH_FILTER:+"--benchmark_filter=$BENCH_FILTER"}
+    if grep -q 'no CUDA GPU' "$LOG_DIR/bench.log"; then
+      record bench SKIPPED "${RUN_SECONDS}s no CUDA GPU"
+    else
+      record bench "$(status_word "$RUN_STATUS")" "${RUN_SECONDS}s (table in bench.log and below)"
+    fi
   else
-    step_failed "no benchmark program at $BENCH"
+    record bench FAILED "no benchmark program at $BENCH"
   fi
 fi
 
-if [ ${#FAILED[@]} -gt 0 ]; then
-  echo "gpu_check: FAILED: ${FAILED[*]}"
-  exit 1
-fi
-echo "gpu_check: all requested stages passed (${STAGES[*]})"
+# ---- Summary ----------------------------------------------------------------------------------
+{
+  echo "graddrop gpu_check, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(($(date +%s) - START_TIME))s in all"
+  echo "GPU: ${GPU_LINE:-none}; $TORCH_LINE; test seed $GRADDROP_TEST_SEED"
+  [ -n "$PREBUILT" ] && echo "prebuilt: $(head -2 "$PREBUILT/MANIFEST.txt" 2>/dev/null | tr '\n' ' ')"
+  for line in "${SUMMARY[@]}"; do echo "$line"; done
+  if [ -n "${FAILED_TESTS:-}" ]; then
+    echo "failed tests:"
+    echo "$FAILED_TESTS"
+  fi
+  if [ -f "$LOG_DIR/bench.log" ] && grep -q '^Summary' "$LOG_DIR/bench.log"; then
+    sed -n '/^Summary/,$p' "$LOG_DIR/bench.log"
+  fi
+  if [ ${#FAILED[@]} -gt 0 ]; then
+    echo "RESULT: FAILED: ${FAILED[*]}"
+  elif [ "$GPU_PRESENT" = True ]; then
+    echo "RESULT: OK"
+  else
+    echo "RESULT: OK as a dry run: no GPU here, so every GPU test, sanitizer and benchmark skipped"
+  fi
+} > "$LOG_DIR/summary.txt"
+echo
+echo "==================================== summary ===================================="
+cat "$LOG_DIR/summary.txt"
+[ ${#FAILED[@]} -eq 0 ]

@@ -1,10 +1,21 @@
-// The CUDA kernels against the float64 reference with an explicit U: every option, every dtype,
-// task counts 1 to 8 and beyond (the by-value and the table task lists), layouts (non-contiguous,
-// misaligned), the shapes that take each kernel path (per-element vector and element-by-element,
-// marginalised fused with the strip in shared memory, marginalised split over row parts), the
-// statistics, and the edge cases of DESIGN.md §1.
+// The CUDA kernels against the float64 reference with an explicit U kept away from f(P): every
+// task count 1 to 10, every dtype, every option, layouts (non-contiguous, misaligned), the shapes
+// that take each kernel path, the edge cases of DESIGN.md §1. Each call runs twice: statistics
+// off (the training hot path, no accumulators) and on; both outputs must match the reference,
+// and the statistics the reference implies.
+//
+// Shapes and the kernel path each reaches (cuda/marginalized_launch.cu plans the marginalised
+// ones from the GPU's multiprocessor count and shared memory):
+//   per element   [64, 1024] 16-byte vectors (numel % 8 == 0); [33, 7] misaligned, odd numel:
+//                 element by element with a tail;
+//   marginalised  batches of 1 to 7 rows with 5, 13, 1001 columns (columns % 4 != 0: scalar
+//                 loads, ragged last strip); [256, 4096] wide strips, cached; [65536, 64] and
+//                 [4096, 100] few strips, rows split over blocks; [512, 32768] n = 2 float: a
+//                 cached strip needs more than 48 KB of shared memory (the raised dynamic
+//                 limit); [64, 131072] many strips.
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -18,21 +29,15 @@ namespace {
 
 enum class Layout { kContiguous, kNonContiguous, kMisaligned };
 
-struct Inputs {
-  at::Tensor activation;
-  std::vector<at::Tensor> grads;
-  at::Tensor uniform;
-};
-
-Inputs random_inputs(const std::vector<int64_t>& shape, at::ScalarType dtype,
-                     const GradDropOptions& options, uint64_t salt, int64_t undefined_every) {
-  auto generator = testing::seeded_generator(salt);
-  Inputs inputs;
-  inputs.activation = testing::random_activation(shape, dtype, generator);
-  inputs.grads =
-      testing::random_grads(inputs.activation, options.num_tasks(), generator, undefined_every);
-  inputs.uniform = testing::separated_uniform(inputs.grads, inputs.activation, options, generator);
-  return inputs;
+const char* layout_name(Layout layout) {
+  switch (layout) {
+    case Layout::kNonContiguous:
+      return "non-contiguous";
+    case Layout::kMisaligned:
+      return "misaligned";
+    default:
+      return "contiguous";
+  }
 }
 
 at::Tensor arranged(const at::Tensor& tensor, Layout layout) {
@@ -66,24 +71,41 @@ GradDropStatistics reference_statistics(const reference::ReferenceResult& refere
   return statistics;
 }
 
-// Runs combine on the GPU and checks output and statistics against the reference.
+// Runs combine on the GPU with statistics off and on, and checks both outputs and the
+// statistics against the reference. Inputs are drawn on the GPU (cuda_testing::Inputs).
 void expect_matches_reference(const std::vector<int64_t>& shape, at::ScalarType dtype,
                               const GradDropOptions& options, uint64_t salt,
                               Layout layout = Layout::kContiguous, int64_t undefined_every = 0) {
-  const auto inputs = random_inputs(shape, dtype, options, salt, undefined_every);
-  const auto expected =
-      reference::combine(inputs.grads, inputs.activation, options, inputs.uniform);
-  std::vector<at::Tensor> grads;
-  for (const auto& grad : inputs.grads) grads.push_back(arranged(grad, layout));
-  GradDropStatistics statistics;
-  const auto output = combine(grads, arranged(inputs.activation, layout), options, nullopt,
-                              inputs.uniform.to(at::kCUDA), &statistics);
+  const auto drawn =
+      cuda_testing::random_cuda_inputs(shape, dtype, options.num_tasks(), salt, undefined_every);
+  const auto activation = drawn.activation.cpu();
+  const auto grads = cuda_testing::on_cpu(drawn.grads);
+  auto generator = testing::seeded_generator(salt);
+  const auto uniform = testing::separated_uniform(grads, activation, options, generator);
+  const auto expected = reference::combine(grads, activation, options, uniform);
+
+  std::vector<at::Tensor> device_grads;
+  for (const auto& grad : drawn.grads) device_grads.push_back(arranged(grad, layout));
+  const auto device_activation = arranged(drawn.activation, layout);
+  const auto device_uniform = uniform.to(at::kCUDA);
   const std::string what = testing::describe(options) + " shape " +
                            c10::str(at::IntArrayRef(shape)) + " dtype " + c10::toString(dtype) +
-                           " layout " + std::to_string(static_cast<int>(layout));
-  ASSERT_TRUE(output.is_cuda()) << what;
-  EXPECT_EQ(output.scalar_type(), dtype) << what;
-  EXPECT_TRUE(testing::close_to_reference(output, expected.output)) << what;
+                           " layout " + layout_name(layout) + " salt " + std::to_string(salt);
+
+  // Statistics off: no accumulators at all.
+  const auto hot = combine(device_grads, device_activation, options, nullopt, device_uniform);
+  ASSERT_TRUE(hot.is_cuda()) << what;
+  EXPECT_EQ(hot.scalar_type(), dtype) << what;
+  EXPECT_TRUE(testing::close_to_reference(hot, expected.output)) << what << " (statistics off)";
+
+  GradDropStatistics statistics;
+  const auto counted = combine(device_grads, device_activation, options, nullopt, device_uniform,
+                               &statistics);
+  EXPECT_TRUE(testing::close_to_reference(counted, expected.output)) << what << " (statistics on)";
+  if (!options.keep_grad_norm()) {
+    // Counting must not change what is computed.
+    EXPECT_TRUE(cuda_testing::identical_bits(hot, counted)) << what << " statistics on vs off";
+  }
 
   const auto want = reference_statistics(expected);
   ASSERT_EQ(statistics.kept_fraction.size(), want.kept_fraction.size()) << what;
@@ -98,27 +120,133 @@ void expect_matches_reference(const std::vector<int64_t>& shape, at::ScalarType 
 
 const at::ScalarType kDtypes[] = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
 
-TEST(CudaReference, EveryDtypeModeAndTaskCount) {
+// Every task count 1..10 (the by-value task lists and the table beyond), every dtype, both
+// modes, on small shapes of both load paths; some tasks without a gradient.
+TEST(CudaReference, EveryTaskCountAndDtype) {
   GRADDROP_REQUIRE_CUDA();
   uint64_t salt = 100;
   for (const auto dtype : kDtypes) {
-    for (const bool marginalize : {true, false}) {
-      for (const int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 12}) {
-        auto generator = testing::seeded_generator(salt);
-        const auto options = GradDropOptions(n)
-                                 .marginalize_batch(marginalize)
-                                 .leak(testing::mixed_leaks(n, generator));
-        expect_matches_reference({24, 37}, dtype, options, ++salt);
-        expect_matches_reference({16, 64}, dtype, options, ++salt, Layout::kContiguous,
-                                 /*undefined_every=*/3);
+    for (int64_t n = 1; n <= 10; ++n) {
+      auto generator = testing::seeded_generator(salt);
+      const auto options = GradDropOptions(n).leak(testing::mixed_leaks(n, generator));
+      const auto per_element = GradDropOptions(options).marginalize_batch(false);
+      expect_matches_reference({64, 1024}, dtype, per_element, ++salt);
+      expect_matches_reference({33, 7}, dtype, per_element, ++salt, Layout::kMisaligned,
+                               /*undefined_every=*/3);
+      expect_matches_reference({7, 1001}, dtype, options, ++salt);
+      expect_matches_reference({3, 13}, dtype, options, ++salt, Layout::kContiguous,
+                               /*undefined_every=*/3);
+      expect_matches_reference({16, 64}, dtype, options, ++salt, Layout::kMisaligned);
+    }
+  }
+}
+
+// Marginalised batches of 1 to 7 rows with column counts that are not multiples of 4, every
+// dtype, the task count cycling through 1..10.
+TEST(CudaReference, SmallBatchesAndRaggedColumns) {
+  GRADDROP_REQUIRE_CUDA();
+  uint64_t salt = 300;
+  int64_t n = 0;
+  for (const auto dtype : kDtypes) {
+    for (int64_t rows = 1; rows <= 7; ++rows) {
+      for (const int64_t columns : {5, 13, 1001}) {
+        n = n % 10 + 1;
+        expect_matches_reference({rows, columns}, dtype, GradDropOptions(n), ++salt);
       }
     }
   }
 }
 
+// The large shapes of the marginalised paths (see the top of this file): float with 5 tasks and
+// bfloat16 with 2 (CudaKernelPaths has float with 2), the other dtypes on two mid-sized ones.
+// The float64 reference runs on the CPU, so the large shapes are few.
+TEST(CudaReference, EveryMarginalizedKernelPath) {
+  GRADDROP_REQUIRE_CUDA();
+  uint64_t salt = 500;
+  const std::vector<std::vector<int64_t>> shapes = {
+      {256, 4096}, {65536, 64}, {4096, 100}, {512, 32768}, {64, 131072}};
+  for (const auto& shape : shapes) {
+    expect_matches_reference(shape, at::kFloat, GradDropOptions(5), ++salt);
+    expect_matches_reference(shape, at::kBFloat16, GradDropOptions(2), ++salt);
+  }
+  for (const auto dtype : {at::kDouble, at::kHalf}) {
+    expect_matches_reference({256, 4096}, dtype, GradDropOptions(3), ++salt);
+    expect_matches_reference({4096, 100}, dtype, GradDropOptions(3), ++salt);
+  }
+  // keep_grad_norm, a task without a gradient and many tasks on the split and cached paths.
+  expect_matches_reference({65536, 64}, at::kFloat, GradDropOptions(10).keep_grad_norm(true),
+                           ++salt, Layout::kContiguous, /*undefined_every=*/4);
+  expect_matches_reference({512, 32768}, at::kFloat, GradDropOptions(2).keep_grad_norm(true),
+                           ++salt);
+  // Misaligned and non-contiguous marginalised inputs (element-by-element loads).
+  for (const auto layout : {Layout::kNonContiguous, Layout::kMisaligned}) {
+    expect_matches_reference({256, 4096}, at::kFloat, GradDropOptions(3), ++salt, layout);
+    expect_matches_reference({4096, 100}, at::kHalf, GradDropOptions(3), ++salt, layout);
+  }
+}
+
+// Per element: vectors and element by element, contiguous or not, 1-d and 3-d.
+TEST(CudaReference, EveryPerElementKernelPathAndLayout) {
+  GRADDROP_REQUIRE_CUDA();
+  uint64_t salt = 600;
+  const std::vector<std::vector<int64_t>> shapes = {{64, 1024}, {33, 7}, {5}, {8, 7, 9}, {1 << 20}};
+  for (const auto dtype : kDtypes) {
+    for (const int64_t n : {2, 4, 9}) {
+      for (const auto layout : {Layout::kContiguous, Layout::kNonContiguous, Layout::kMisaligned}) {
+        for (const auto& shape : shapes) {
+          expect_matches_reference(shape, dtype, GradDropOptions(n).marginalize_batch(false),
+                                   ++salt, layout);
+        }
+      }
+    }
+  }
+}
+
+// Every kernel path once, at sizes a sanitizer gets through quickly (scripts/gpu_check.sh runs
+// compute-sanitizer over CudaKernelPaths.*: racecheck and synccheck over SmallShapes only).
+// [2048, 64] is small but has too few strips, and too many rows to cache a strip: rows split
+// over blocks; [1024, 64] with 2 tasks caches a strip of more than 48 KB.
+TEST(CudaKernelPaths, SmallShapes) {
+  GRADDROP_REQUIRE_CUDA();
+  uint64_t salt = 900;
+  struct DtypeTasks {
+    at::ScalarType dtype;
+    int64_t n;
+  };
+  const auto keep_square = [](const at::Tensor& purity) { return purity * purity; };
+  for (const auto& item : {DtypeTasks{at::kFloat, 2}, DtypeTasks{at::kFloat, 10},
+                           DtypeTasks{at::kBFloat16, 3}, DtypeTasks{at::kDouble, 5},
+                           DtypeTasks{at::kHalf, 2}}) {
+    const auto per_element = GradDropOptions(item.n).marginalize_batch(false);
+    expect_matches_reference({64, 1024}, item.dtype, per_element, ++salt);
+    expect_matches_reference({33, 7}, item.dtype, per_element, ++salt, Layout::kMisaligned);
+    for (const auto& shape : std::vector<std::vector<int64_t>>{
+             {1, 5}, {4, 13}, {7, 1001}, {256, 4096}, {2048, 64}, {1024, 64}, {0, 10}}) {
+      expect_matches_reference(shape, item.dtype, GradDropOptions(item.n), ++salt);
+    }
+    for (const auto& shape : std::vector<std::vector<int64_t>>{{256, 4096}, {2048, 64}}) {
+      expect_matches_reference(shape, item.dtype, GradDropOptions(item.n).keep_grad_norm(true),
+                               ++salt, Layout::kContiguous, /*undefined_every=*/3);
+      expect_matches_reference(shape, item.dtype,
+                               GradDropOptions(item.n).custom_keep_function(keep_square), ++salt);
+    }
+  }
+}
+
+// The large path shapes of the issue, once each.
+TEST(CudaKernelPaths, LargeShapes) {
+  GRADDROP_REQUIRE_CUDA();
+  uint64_t salt = 950;
+  expect_matches_reference({512, 32768}, at::kFloat, GradDropOptions(2), ++salt);
+  expect_matches_reference({65536, 64}, at::kFloat, GradDropOptions(2), ++salt);
+  expect_matches_reference({4096, 100}, at::kBFloat16, GradDropOptions(3), ++salt);
+  expect_matches_reference({64, 131072}, at::kFloat, GradDropOptions(2).keep_grad_norm(true),
+                           ++salt);
+}
+
 TEST(CudaReference, EveryOption) {
   GRADDROP_REQUIRE_CUDA();
-  uint64_t salt = 300;
+  uint64_t salt = 1000;
   for (const auto source :
        {SignSource::kActivationSign, SignSource::kActivationValue, SignSource::kNone}) {
     for (const int keep_case : {0, 1, 2, 3}) {
@@ -154,46 +282,9 @@ TEST(CudaReference, EveryOption) {
   }
 }
 
-// Shapes chosen so that each kernel path runs on any GPU (see cuda/marginalized_launch.cu):
-//   per-element   [64, 1024] whole 16-byte runs, [33, 7] element by element with a tail;
-//   fused         [8, 65536] (hundreds of strips, the strip cached), [16, 37] (a tiny call,
-//                 odd columns), [32, 7, 9] (3-d);
-//   split         [100000, 8] (one strip over many row parts), [2048, 300], [4099, 130] (odd),
-//                 [300000] (1-d: one column, one purity).
-TEST(CudaReference, EveryKernelPathAndLayout) {
-  GRADDROP_REQUIRE_CUDA();
-  uint64_t salt = 500;
-  const std::vector<std::vector<int64_t>> per_element_shapes = {{64, 1024}, {33, 7}, {5}};
-  const std::vector<std::vector<int64_t>> marginalized_shapes = {
-      {8, 65536}, {16, 37}, {32, 7, 9}, {100000, 8}, {2048, 300}, {4099, 130}, {300000}, {1000}};
-  for (const auto dtype : {at::kFloat, at::kBFloat16, at::kDouble, at::kHalf}) {
-    for (const int64_t n : {2, 4, 11}) {
-      for (const auto layout : {Layout::kContiguous, Layout::kNonContiguous, Layout::kMisaligned}) {
-        const auto options = GradDropOptions(n).leak(std::vector<double>(n, 0.0));
-        for (const auto& shape : per_element_shapes) {
-          expect_matches_reference(shape, dtype, GradDropOptions(options).marginalize_batch(false),
-                                   ++salt, layout);
-        }
-        // The large marginalised shapes once per dtype and task count (they take a while on
-        // the CPU reference).
-        if (layout != Layout::kContiguous) continue;
-        for (const auto& shape : marginalized_shapes) {
-          expect_matches_reference(shape, dtype, GradDropOptions(options).keep_grad_norm(true),
-                                   ++salt, layout, /*undefined_every=*/n > 2 ? 3 : 0);
-        }
-      }
-    }
-  }
-  // Misaligned and non-contiguous marginalised inputs (element-by-element loads).
-  for (const auto layout : {Layout::kNonContiguous, Layout::kMisaligned}) {
-    expect_matches_reference({8, 65536}, at::kFloat, GradDropOptions(3), ++salt, layout);
-    expect_matches_reference({100000, 8}, at::kHalf, GradDropOptions(3), ++salt, layout);
-  }
-}
-
 TEST(CudaReference, EdgeCases) {
   GRADDROP_REQUIRE_CUDA();
-  uint64_t salt = 700;
+  uint64_t salt = 1300;
   for (const auto dtype : kDtypes) {
     // n = 1 with activation_sign: P is 0 or 1, so every gradient whose signal is non-zero is
     // kept (U < 1 always); zero signals follow zero_sign.
@@ -204,6 +295,7 @@ TEST(CudaReference, EdgeCases) {
     // A 0-d activation (per element only), 1-d marginalised (one purity).
     expect_matches_reference({}, dtype, GradDropOptions(2).marginalize_batch(false), ++salt);
     expect_matches_reference({7}, dtype, GradDropOptions(2), ++salt);
+    expect_matches_reference({300000}, dtype, GradDropOptions(2), ++salt);
     // Empty activations: no output elements; an empty batch still has P = 0.5 per feature.
     expect_matches_reference({0}, dtype, GradDropOptions(2).marginalize_batch(false), ++salt);
     expect_matches_reference({3, 0}, dtype, GradDropOptions(2), ++salt);
@@ -218,6 +310,7 @@ TEST(CudaReference, AllZeroGradients) {
       const auto options = GradDropOptions(3).marginalize_batch(marginalize).zero_sign(zero);
       auto activation = at::randn({16, 40}, at::TensorOptions().device(at::kCUDA));
       std::vector<at::Tensor> grads(3, at::zeros_like(activation));
+      EXPECT_EQ(combine(grads, activation, options).abs().max().item<float>(), 0.0f);
       GradDropStatistics statistics;
       const auto output = combine(grads, activation, options, nullopt, nullopt, &statistics);
       EXPECT_EQ(output.abs().max().item<float>(), 0.0f);
@@ -234,19 +327,20 @@ TEST(CudaReference, AllZeroGradients) {
 // the element (per element) or the whole column (marginalised), never silently finite.
 TEST(CudaReference, NonFiniteGradientsPropagate) {
   GRADDROP_REQUIRE_CUDA();
-  uint64_t salt = 900;
+  uint64_t salt = 1400;
   for (const auto dtype : kDtypes) {
     for (const bool marginalize : {true, false}) {
       const auto options = GradDropOptions(2).marginalize_batch(marginalize);
-      auto inputs = random_inputs({16, 64}, dtype, options, ++salt, 0);
-      inputs.grads[0][3][5] = std::numeric_limits<double>::quiet_NaN();
-      inputs.grads[1][7][9] = std::numeric_limits<double>::infinity();
-      inputs.grads[1][2][40] = -std::numeric_limits<double>::infinity();
-      const auto expected =
-          reference::combine(inputs.grads, inputs.activation, options, inputs.uniform).output;
-      const auto output =
-          combine(cuda_testing::on_cuda(inputs.grads), inputs.activation.to(at::kCUDA), options,
-                  nullopt, inputs.uniform.to(at::kCUDA));
+      auto generator = testing::seeded_generator(++salt);
+      const auto activation = testing::random_activation({16, 64}, dtype, generator);
+      auto grads = testing::random_grads(activation, 2, generator);
+      grads[0][3][5] = std::numeric_limits<double>::quiet_NaN();
+      grads[1][7][9] = std::numeric_limits<double>::infinity();
+      grads[1][2][40] = -std::numeric_limits<double>::infinity();
+      const auto uniform = testing::separated_uniform(grads, activation, options, generator);
+      const auto expected = reference::combine(grads, activation, options, uniform).output;
+      const auto output = combine(cuda_testing::on_cuda(grads), activation.to(at::kCUDA),
+                                  options, nullopt, uniform.to(at::kCUDA));
       EXPECT_TRUE(testing::close_to_reference(output, expected))
           << "dtype " << dtype << " marginalize " << marginalize;
       const auto finite = at::isfinite(output.cpu());

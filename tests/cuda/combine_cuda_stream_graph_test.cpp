@@ -1,14 +1,26 @@
-// The CUDA combine on a non-default stream and inside CUDA graphs: a captured call draws new
-// masks at every replay (the generator's state is read at replay, not baked in at capture), and
-// each replay equals an eager call made from the same generator state.
+// The CUDA combine on a non-default stream and inside CUDA graphs.
+//
+// Streams: every kernel and every allocation of a call must be ordered on the caller's current
+// stream. The test makes that observable: the inputs are written on a side stream behind a long
+// sleep kernel, and combine is called on that stream with no synchronisation, so a kernel that
+// ran on another stream would read the buffers before they are written (they hold NaN then).
+//
+// Graphs: a call must read nothing back to the host, so that it can be captured; a captured call
+// reads its inputs and the generator's state at replay, not at capture. Captured: an explicit U
+// (changed between replays), the custom keep function path, a marginalised shape whose cached
+// strip needs more than 48 KB of shared memory, the default generator and a generator of the
+// caller's.
+#include <limits>
 #include <mutex>
 #include <vector>
 
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <ATen/cuda/Sleep.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <gtest/gtest.h>
+#include <torch/version.h>
 
 #include "cuda_test_helpers.h"
 #include "graddrop/combine.h"
@@ -18,96 +30,249 @@ namespace graddrop {
 namespace {
 
 struct StreamCase {
+  const char* name;
   std::vector<int64_t> shape;
-  bool marginalize;
-  int64_t num_tasks;
-  bool keep_grad_norm;
+  GradDropOptions options;
+  bool with_statistics;
 };
 
-// Per element; marginalised fused (strip cached); marginalised split with the task table.
-const StreamCase kCases[] = {
-    {{64, 1000}, false, 3, false},
-    {{8, 65536}, true, 2, true},
-    {{100000, 8}, true, 11, false},
-};
+// Per element (vectors, and misaligned-sized); marginalised cached, split over row parts, more
+// than 48 KB of shared memory; keep_grad_norm and statistics (accumulators and the host copy of
+// the statistics); the custom keep function (purity operator, f, then the kernel).
+std::vector<StreamCase> stream_cases() {
+  return {
+      {"per element", {64, 1000}, GradDropOptions(3).marginalize_batch(false).seed(11), false},
+      {"per element odd", {33, 7}, GradDropOptions(2).marginalize_batch(false).seed(12), true},
+      {"marginalised cached", {256, 4096}, GradDropOptions(2).keep_grad_norm(true).seed(13), true},
+      {"marginalised split", {65536, 64}, GradDropOptions(10).seed(14), false},
+      {"marginalised > 48 KB", {512, 32768}, GradDropOptions(2).seed(15), true},
+      {"custom keep function", {128, 300},
+       GradDropOptions(3).seed(16).custom_keep_function(
+           [](const at::Tensor& purity) { return purity * purity; }),
+       true},
+  };
+}
 
-TEST(CudaStreams, NonDefaultStreamGivesTheSameResult) {
+TEST(CudaStreams, KernelsRunOnTheCurrentStream) {
   GRADDROP_REQUIRE_CUDA();
   uint64_t salt = 1700;
-  for (const auto& item : kCases) {
-    auto generator = testing::seeded_generator(++salt);
-    const auto activation =
-        testing::random_activation(item.shape, at::kFloat, generator).to(at::kCUDA);
-    const auto grads =
-        cuda_testing::on_cuda(testing::random_grads(activation.cpu(), item.num_tasks, generator));
-    const auto options = GradDropOptions(item.num_tasks)
-                             .marginalize_batch(item.marginalize)
-                             .keep_grad_norm(item.keep_grad_norm)
-                             .seed(salt);
-    const auto expected = combine(grads, activation, options);
+  for (const auto& item : stream_cases()) {
+    SCOPED_TRACE(item.name);
+    const int64_t n = item.options.num_tasks();
+    const auto inputs = cuda_testing::random_cuda_inputs(item.shape, at::kFloat, n, ++salt);
+    GradDropStatistics expected_statistics;
+    const auto expected = combine(inputs.grads, inputs.activation, item.options, nullopt,
+                                  nullopt, item.with_statistics ? &expected_statistics : nullptr);
+
+    // Buffers that hold NaN until the side stream writes the inputs into them.
+    auto activation = at::full_like(inputs.activation, std::numeric_limits<float>::quiet_NaN());
+    std::vector<at::Tensor> grads;
+    for (const auto& grad : inputs.grads) {
+      grads.push_back(at::full_like(grad, std::numeric_limits<float>::quiet_NaN()));
+    }
     at::cuda::device_synchronize();
+
     auto stream = at::cuda::getStreamFromPool();
     at::Tensor actual;
+    GradDropStatistics actual_statistics;
     {
       c10::cuda::CUDAStreamGuard guard(stream);
-      actual = combine(grads, activation, options);
+      at::cuda::sleep(200 * 1000 * 1000);  // about 0.1 s at H200 clocks
+      activation.copy_(inputs.activation);
+      for (size_t task = 0; task < grads.size(); ++task) grads[task].copy_(inputs.grads[task]);
+      // The caching allocator must not hand these buffers to the other stream early.
+      activation.record_stream(stream);
+      for (auto& grad : grads) grad.record_stream(stream);
+      actual = combine(grads, activation, item.options, nullopt, nullopt,
+                       item.with_statistics ? &actual_statistics : nullptr);
     }
     stream.synchronize();
     EXPECT_TRUE(cuda_testing::identical_bits(actual, expected)) << at::IntArrayRef(item.shape);
+    if (item.with_statistics) {
+      EXPECT_EQ(actual_statistics.kept_fraction, expected_statistics.kept_fraction);
+      EXPECT_EQ(actual_statistics.mean_purity, expected_statistics.mean_purity);
+      EXPECT_EQ(actual_statistics.conflict_fraction, expected_statistics.conflict_fraction);
+    }
   }
 }
 
-TEST(CudaGraphs, ReplaysDrawNewMasksAndMatchEagerCalls) {
-  GRADDROP_REQUIRE_CUDA();
-  auto generator = at::cuda::detail::getDefaultCUDAGenerator();
-  uint64_t salt = 1800;
-  for (const auto& item : kCases) {
-    auto cpu_generator = testing::seeded_generator(++salt);
-    const auto activation =
-        testing::random_activation(item.shape, at::kFloat, cpu_generator).to(at::kCUDA);
-    const auto grads = cuda_testing::on_cuda(
-        testing::random_grads(activation.cpu(), item.num_tasks, cpu_generator));
-    // No seed and no U: the draw comes from the default CUDA generator.
-    const auto options = GradDropOptions(item.num_tasks)
-                             .marginalize_batch(item.marginalize)
-                             .keep_grad_norm(item.keep_grad_norm);
+at::Tensor generator_state(at::Generator& generator) {
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  return generator.get_state();
+}
+
+void restore_generator_state(at::Generator& generator, const at::Tensor& state) {
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_state(state);
+}
+
+// Captures `call` on a side stream after one warm-up call there; returns its captured output.
+template <typename Call>
+at::Tensor capture(at::cuda::CUDAGraph& graph, Call call) {
+  at::cuda::device_synchronize();
+  auto side = at::cuda::getStreamFromPool();
+  at::Tensor captured;
+  {
+    c10::cuda::CUDAStreamGuard guard(side);
+    call();  // warm-up outside the capture (allocator, kernel attributes)
+    side.synchronize();
+    graph.capture_begin();
+    captured = call();
+    graph.capture_end();
+  }
+  at::cuda::device_synchronize();
+  return captured;
+}
+
+// Replays that draw from `generator`: each replay draws new masks, and equals an eager call
+// made from the same generator state.
+template <typename Call>
+void expect_replays_match_eager(at::cuda::CUDAGraph& graph, const at::Tensor& captured,
+                                at::Generator generator, Call eager, const std::string& what) {
+  std::vector<at::Tensor> replays;
+  for (int replay = 0; replay < 3; ++replay) {
+    const auto state = generator_state(generator);
+    graph.replay();
     at::cuda::device_synchronize();
+    replays.push_back(captured.clone());
+    restore_generator_state(generator, state);
+    const auto expected = eager();
+    at::cuda::device_synchronize();
+    EXPECT_TRUE(cuda_testing::identical_bits(replays.back(), expected))
+        << what << " replay " << replay;
+  }
+  EXPECT_FALSE(cuda_testing::identical_bits(replays[0], replays[1])) << what;
+  EXPECT_FALSE(cuda_testing::identical_bits(replays[1], replays[2])) << what;
+}
 
+struct GraphCase {
+  const char* name;
+  std::vector<int64_t> shape;
+  GradDropOptions options;
+};
+
+// No seed and no U: the draw comes from the default CUDA generator.
+TEST(CudaGraphs, DefaultGeneratorReplaysDrawAnewAndMatchEagerCalls) {
+  GRADDROP_REQUIRE_CUDA();
+  uint64_t salt = 1800;
+  const GraphCase cases[] = {
+      {"per element", {64, 1000}, GradDropOptions(3).marginalize_batch(false)},
+      {"marginalised cached, keep_grad_norm", {8, 65536}, GradDropOptions(2).keep_grad_norm(true)},
+      {"marginalised split, 11 tasks", {100000, 8}, GradDropOptions(11)},
+      {"marginalised > 48 KB of shared memory", {512, 32768}, GradDropOptions(2)},
+  };
+  for (const auto& item : cases) {
+    const auto inputs = cuda_testing::random_cuda_inputs(item.shape, at::kFloat,
+                                                         item.options.num_tasks(), ++salt);
+    const auto call = [&] { return combine(inputs.grads, inputs.activation, item.options); };
     at::cuda::CUDAGraph graph;
-    at::Tensor captured;
-    auto side = at::cuda::getStreamFromPool();
-    {
-      c10::cuda::CUDAStreamGuard guard(side);
-      combine(grads, activation, options);  // warm-up outside the capture
-      side.synchronize();
-      graph.capture_begin();
-      captured = combine(grads, activation, options);
-      graph.capture_end();
-    }
+    const auto captured = capture(graph, call);
+    expect_replays_match_eager(graph, captured, at::cuda::detail::getDefaultCUDAGenerator(), call,
+                               item.name);
+  }
+}
 
+// A generator of the caller's, registered with the graph (PyTorch >= 2.4 lets a graph own the
+// replay state of generators other than the default one).
+TEST(CudaGraphs, CallersGeneratorReplaysDrawAnewAndMatchEagerCalls) {
+  GRADDROP_REQUIRE_CUDA();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  uint64_t salt = 1900;
+  for (const bool marginalize : {false, true}) {
+    const auto inputs = cuda_testing::random_cuda_inputs({256, 1000}, at::kFloat, 3, ++salt);
+    auto generator = cuda_testing::cuda_generator(testing::test_seed() + salt);
+    const auto options = GradDropOptions(3).marginalize_batch(marginalize);
+    const auto default_offset = at::cuda::detail::getDefaultCUDAGenerator().get_offset();
+    const auto call = [&] {
+      return combine(inputs.grads, inputs.activation, options, generator);
+    };
+    at::cuda::CUDAGraph graph;
+    graph.register_generator_state(generator);
+    const auto captured = capture(graph, call);
+    expect_replays_match_eager(graph, captured, generator, call,
+                               marginalize ? "marginalised" : "per element");
+    EXPECT_EQ(at::cuda::detail::getDefaultCUDAGenerator().get_offset(), default_offset)
+        << "the default generator was used";
+  }
+#else
+  GTEST_SKIP() << "CUDAGraph::register_generator_state needs PyTorch 2.4 or later";
+#endif
+}
+
+// An explicit U is read at replay: a new U written into the captured buffer gives the result of
+// an eager call with that U. Per element and marginalised (cached and over 48 KB).
+TEST(CudaGraphs, ExplicitUniformIsReadAtReplay) {
+  GRADDROP_REQUIRE_CUDA();
+  uint64_t salt = 2000;
+  const GraphCase cases[] = {
+      {"per element", {64, 1000}, GradDropOptions(3).marginalize_batch(false)},
+      {"marginalised", {256, 4096}, GradDropOptions(2)},
+      {"marginalised > 48 KB of shared memory", {512, 32768}, GradDropOptions(2)},
+  };
+  for (const auto& item : cases) {
+    const auto inputs = cuda_testing::random_cuda_inputs(item.shape, at::kFloat,
+                                                         item.options.num_tasks(), ++salt);
+    auto generator = cuda_testing::cuda_generator(testing::test_seed() + salt);
+    const auto cuda_float = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+    auto uniform = at::rand(purity_shape(inputs.activation, item.options), generator, cuda_float);
+    const auto call = [&] {
+      return combine(inputs.grads, inputs.activation, item.options, nullopt, uniform);
+    };
+    const uint64_t default_offset = at::cuda::detail::getDefaultCUDAGenerator().get_offset();
+    at::cuda::CUDAGraph graph;
+    const auto captured = capture(graph, call);
     std::vector<at::Tensor> replays;
-    for (int replay = 0; replay < 3; ++replay) {
-      at::Tensor state;
-      {
-        std::lock_guard<std::mutex> lock(generator.mutex());
-        state = generator.get_state();
-      }
+    for (int replay = 0; replay < 2; ++replay) {
+      uniform.copy_(at::rand(uniform.sizes(), generator, cuda_float));
       graph.replay();
       at::cuda::device_synchronize();
       replays.push_back(captured.clone());
-      {
-        std::lock_guard<std::mutex> lock(generator.mutex());
-        generator.set_state(state);
-      }
-      const auto eager = combine(grads, activation, options);
-      at::cuda::device_synchronize();
-      EXPECT_TRUE(cuda_testing::identical_bits(replays.back(), eager))
-          << "replay " << replay << " shape " << at::IntArrayRef(item.shape);
+      EXPECT_TRUE(cuda_testing::identical_bits(replays.back(), call()))
+          << item.name << " replay " << replay;
     }
-    EXPECT_FALSE(cuda_testing::identical_bits(replays[0], replays[1]))
-        << at::IntArrayRef(item.shape);
-    EXPECT_FALSE(cuda_testing::identical_bits(replays[1], replays[2]))
-        << at::IntArrayRef(item.shape);
+    EXPECT_FALSE(cuda_testing::identical_bits(replays[0], replays[1])) << item.name;
+    EXPECT_EQ(at::cuda::detail::getDefaultCUDAGenerator().get_offset(), default_offset)
+        << item.name << ": an explicit U must touch no generator";
+  }
+}
+
+// The custom keep function path (purity operator, the user's f, the kernel) is capturable, and
+// reads the gradients at replay; with a seed, and with the default generator.
+TEST(CudaGraphs, CustomKeepFunctionIsCapturable) {
+  GRADDROP_REQUIRE_CUDA();
+  uint64_t salt = 2100;
+  for (const bool marginalize : {true, false}) {
+    const auto keep = [](const at::Tensor& purity) { return purity * purity; };
+    const auto inputs = cuda_testing::random_cuda_inputs({128, 300}, at::kFloat, 3, ++salt);
+    // Buffers the graph reads, refilled between replays.
+    auto activation = inputs.activation.clone();
+    std::vector<at::Tensor> grads;
+    for (const auto& grad : inputs.grads) grads.push_back(grad.clone());
+
+    const auto seeded =
+        GradDropOptions(3).marginalize_batch(marginalize).seed(salt).custom_keep_function(keep);
+    const auto seeded_call = [&] { return combine(grads, activation, seeded); };
+    at::cuda::CUDAGraph seeded_graph;
+    const auto seeded_output = capture(seeded_graph, seeded_call);
+    for (int replay = 0; replay < 2; ++replay) {
+      const auto fresh =
+          cuda_testing::random_cuda_inputs({128, 300}, at::kFloat, 3, salt * 10 + replay);
+      activation.copy_(fresh.activation);
+      for (size_t task = 0; task < grads.size(); ++task) grads[task].copy_(fresh.grads[task]);
+      seeded_graph.replay();
+      at::cuda::device_synchronize();
+      EXPECT_TRUE(cuda_testing::identical_bits(seeded_output,
+                                               combine(fresh.grads, fresh.activation, seeded)))
+          << "marginalize " << marginalize << " replay " << replay;
+    }
+
+    const auto drawn = GradDropOptions(3).marginalize_batch(marginalize).custom_keep_function(keep);
+    const auto drawn_call = [&] { return combine(grads, activation, drawn); };
+    at::cuda::CUDAGraph drawn_graph;
+    const auto drawn_output = capture(drawn_graph, drawn_call);
+    expect_replays_match_eager(drawn_graph, drawn_output,
+                               at::cuda::detail::getDefaultCUDAGenerator(), drawn_call,
+                               marginalize ? "custom, marginalised" : "custom, per element");
   }
 }
 

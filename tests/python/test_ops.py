@@ -104,3 +104,132 @@ def test_bad_input_names_argument(generator):
         torch.ops.graddrop.combine(activation, grads[:1], sign_source="sideways")
     for g, b in zip(grads, before):
         assert torch.equal(g, b)
+
+
+# ---- The operator on CUDA tensors (skipped without a GPU) ---------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                          reason="no CUDA GPU: the CUDA kernels can only run on a GPU")
+
+BITS = {torch.float32: torch.int32, torch.float64: torch.int64,
+        torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def assert_identical_bits(actual, expected):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    dtype = BITS[actual.dtype]
+    a = actual.detach().cpu().contiguous().view(dtype)
+    b = expected.detach().cpu().contiguous().view(dtype)
+    differ = (a != b).sum().item()
+    assert differ == 0, f"{differ} of {a.numel()} elements differ in their bits"
+
+
+def assert_same_statistics(gpu, cpu, tasks):
+    """Kept and conflict fractions exactly; the mean purity to 1e-12 relative."""
+    assert gpu.is_cuda and gpu.dtype == torch.float64 and gpu.shape == (tasks + 2,)
+    gpu = gpu.cpu()
+    assert torch.equal(gpu[:tasks], cpu[:tasks]), (gpu, cpu)
+    assert gpu[tasks + 1].item() == cpu[tasks + 1].item(), (gpu, cpu)
+    assert abs(gpu[tasks].item() - cpu[tasks].item()) <= 1e-12 * abs(cpu[tasks].item())
+
+
+@cuda
+@pytest.mark.parametrize("keep_function", ["linear", "sigmoid"])
+@pytest.mark.parametrize("marginalize", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(64, 1000), (7, 13), (4096, 100)])
+def test_cuda_equals_cpu_bitwise(generator, shape, dtype, marginalize, keep_function):
+    activation = torch.randn(shape, generator=generator).to(dtype)
+    grads = [torch.randn(shape, generator=generator).to(dtype) for _ in range(3)]
+    arguments = dict(leak=[0.0, 0.5, 0.0], marginalize_batch=marginalize,
+                     keep_function=keep_function, scale=2.0 if keep_function == "sigmoid" else 1.0,
+                     seed=SEED, offset=(1 << 33) + 5, statistics=True)
+    on_cpu, cpu_stats = torch.ops.graddrop.combine(activation, grads, **arguments)
+    on_gpu, gpu_stats = torch.ops.graddrop.combine(
+        activation.cuda(), [g.cuda() for g in grads], **arguments)
+    assert on_gpu.is_cuda
+    assert_identical_bits(on_gpu, on_cpu)
+    assert_same_statistics(gpu_stats, cpu_stats, 3)
+    # Statistics off (the training hot path): the same output, an empty statistics tensor.
+    arguments["statistics"] = False
+    hot, no_stats = torch.ops.graddrop.combine(
+        activation.cuda(), [g.cuda() for g in grads], **arguments)
+    assert_identical_bits(hot, on_cpu)
+    assert no_stats.numel() == 0
+
+
+@cuda
+@pytest.mark.parametrize("marginalize", [True, False])
+def test_cuda_matches_reference_with_explicit_uniform(generator, marginalize):
+    activation = torch.randn(16, 5, 3, generator=generator)
+    grads = [torch.randn(16, 5, 3, generator=generator) for _ in range(3)]
+    leak = [0.0, 0.25, 1.0]
+    _, purity = reference(activation, grads, torch.zeros(()), leak, marginalize)
+    uniform = separated(purity, generator)
+    expected, _ = reference(activation, grads, uniform, leak, marginalize)
+    out, stats = torch.ops.graddrop.combine(
+        activation.cuda(), [g.cuda() for g in grads], leak, marginalize_batch=marginalize,
+        uniform=uniform.cuda(), statistics=True)
+    assert out.is_cuda and stats.is_cuda and stats.shape == (5,)
+    assert ((stats >= 0) & (stats <= 1)).all()
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("marginalize", [True, False])
+def test_cuda_keep_probability_path(generator, marginalize):
+    """f(P) given by the caller (the custom keep function path): the same bits as the CPU."""
+    activation = torch.randn(32, 40, generator=generator)
+    grads = [torch.randn(32, 40, generator=generator) for _ in range(2)]
+    purity = torch.ops.graddrop.purity(activation.cuda(), [g.cuda() for g in grads],
+                                       marginalize_batch=marginalize)
+    assert purity.is_cuda
+    keep = purity * purity
+    uniform = torch.rand(purity.shape, generator=generator)
+    on_gpu, gpu_stats = torch.ops.graddrop.combine(
+        activation.cuda(), [g.cuda() for g in grads], marginalize_batch=marginalize,
+        keep_function="custom", keep_probability=keep, uniform=uniform.cuda(), statistics=True)
+    on_cpu, cpu_stats = torch.ops.graddrop.combine(
+        activation, grads, marginalize_batch=marginalize, keep_function="custom",
+        keep_probability=keep.cpu(), uniform=uniform, statistics=True)
+    assert_identical_bits(on_gpu, on_cpu)
+    assert_same_statistics(gpu_stats, cpu_stats, 2)
+
+
+@cuda
+@pytest.mark.parametrize("marginalize", [True, False])
+def test_cuda_out_of_range_keep_probability_is_nan_there(generator, marginalize):
+    """No host check on a GPU (no synchronisation): a bad f(P) makes its outputs NaN instead.
+    The CPU refuses it."""
+    activation = torch.randn(8, 10, generator=generator)
+    grads = [torch.randn(8, 10, generator=generator) for _ in range(2)]
+    shape = (10,) if marginalize else (8, 10)
+    keep = torch.full(shape, 0.5)
+    keep.view(-1)[3] = 1.5
+    out, _ = torch.ops.graddrop.combine(activation.cuda(), [g.cuda() for g in grads],
+                                        marginalize_batch=marginalize, keep_function="custom",
+                                        keep_probability=keep.cuda(), seed=1)
+    expected_nan = torch.zeros(8, 10, dtype=torch.bool)
+    if marginalize:
+        expected_nan[:, 3] = True
+    else:
+        expected_nan.view(-1)[3] = True
+    assert torch.equal(out.isnan().cpu(), expected_nan)
+    with pytest.raises(RuntimeError, match=r"keep function must return values in \[0, 1\]"):
+        torch.ops.graddrop.combine(activation, grads, marginalize_batch=marginalize,
+                                   keep_function="custom", keep_probability=keep, seed=1)
+
+
+@cuda
+def test_cuda_generator_reproducible(generator):
+    activation = torch.randn(64, 100, generator=generator).cuda()
+    grads = [torch.randn(64, 100, generator=generator).cuda() for _ in range(2)]
+    first, _ = torch.ops.graddrop.combine(
+        activation, grads, generator=torch.Generator(device="cuda").manual_seed(SEED))
+    again, _ = torch.ops.graddrop.combine(
+        activation, grads, generator=torch.Generator(device="cuda").manual_seed(SEED))
+    assert_identical_bits(first, again)
+    torch.cuda.manual_seed(SEED)
+    default, _ = torch.ops.graddrop.combine(activation, grads)
+    next_draw, _ = torch.ops.graddrop.combine(activation, grads)
+    assert not torch.equal(default, next_draw)
