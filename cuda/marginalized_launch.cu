@@ -156,12 +156,11 @@ at::Tensor launch_marginalized(const ops::CombineArguments& arguments, const Dra
                                const at::Tensor& output) {
   at::Tensor statistics;
   dispatch_combine(arguments, [&](auto scalar, const auto& tasks, auto with_statistics) {
-                     using scalar_t = decltype(scalar);
-                     using Tasks = std::decay_t<decltype(tasks)>;
-                     statistics = launch_marginalized_with<scalar_t, at::opmath_type<scalar_t>,
-                                                           Tasks, decltype(with_statistics)::value>(
-                         arguments, key, output, tasks);
-                   });
+    using scalar_t = decltype(scalar);
+    using Tasks = std::decay_t<decltype(tasks)>;
+    statistics = launch_marginalized_with<scalar_t, at::opmath_type<scalar_t>, Tasks,
+                        decltype(with_statistics)::value>(arguments, key, output, tasks);
+  });
   return statistics;
 }
 

@@ -50,12 +50,11 @@ at::Tensor launch_per_element(const ops::CombineArguments& arguments, const Draw
                               const at::Tensor& output) {
   at::Tensor statistics;
   dispatch_combine(arguments, [&](auto scalar, const auto& tasks, auto with_statistics) {
-                     using scalar_t = decltype(scalar);
-                     using Tasks = std::decay_t<decltype(tasks)>;
-                     statistics = launch_per_element_with<scalar_t, at::opmath_type<scalar_t>,
-                                                          Tasks, decltype(with_statistics)::value>(
-                         arguments, key, output, tasks);
-                   });
+    using scalar_t = decltype(scalar);
+    using Tasks = std::decay_t<decltype(tasks)>;
+    statistics = launch_per_element_with<scalar_t, at::opmath_type<scalar_t>, Tasks,
+                        decltype(with_statistics)::value>(arguments, key, output, tasks);
+  });
   return statistics;
 }
 
