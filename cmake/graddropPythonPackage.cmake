@@ -4,7 +4,8 @@
 # graddrop_python_find_torch(): before find_package(Torch), point CMake at the LibTorch of the
 #   Python that runs the build (the package must be built against *that* torch).
 # graddrop_python_install(): after the library target exists, install it and the build record
-#   into the package folder.
+#   into the package folder. Only a component install (pip's) installs them, so a build folder
+#   shared with scripts/test.sh still installs as before with `cmake --install`.
 
 function(graddrop_python_find_torch)
   find_package(Python COMPONENTS Interpreter REQUIRED)
@@ -33,14 +34,14 @@ function(graddrop_python_install)
   # would store each link as another full copy).
   set(package_dir graddrop)
   install(FILES "$<TARGET_FILE:graddrop>" DESTINATION ${package_dir}/lib
-          RENAME libgraddrop.so COMPONENT python_package)
+          RENAME libgraddrop.so COMPONENT python_package EXCLUDE_FROM_ALL)
   # torch lives in the same site-packages: site-packages/graddrop/lib -> site-packages/torch/lib.
   # The run path is relative so the installed package does not depend on the build machine's
   # paths; pip torch's libraries find their own CUDA runtime (nvidia/*) by their run paths, and
   # `import torch` has loaded them before the package loads this library.
   install(CODE "file(RPATH_SET FILE \"\$ENV{DESTDIR}\${CMAKE_INSTALL_PREFIX}/${package_dir}/lib/libgraddrop.so\"
                               NEW_RPATH \"\$ORIGIN/../../torch/lib\")"
-          COMPONENT python_package)
+          COMPONENT python_package EXCLUDE_FROM_ALL)
   set(GRADDROP_BUILD_CUDA_KERNELS ${GRADDROP_WITH_CUDA})
   if(GRADDROP_BUILD_CUDA_KERNELS)
     set(GRADDROP_BUILD_CUDA_KERNELS_PY True)
@@ -50,5 +51,5 @@ function(graddrop_python_install)
   configure_file(${PROJECT_SOURCE_DIR}/python/graddrop/_build_info.py.in
                  ${PROJECT_BINARY_DIR}/python/graddrop/_build_info.py @ONLY)
   install(FILES ${PROJECT_BINARY_DIR}/python/graddrop/_build_info.py
-          DESTINATION ${package_dir} COMPONENT python_package)
+          DESTINATION ${package_dir} COMPONENT python_package EXCLUDE_FROM_ALL)
 endfunction()

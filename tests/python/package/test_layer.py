@@ -1,4 +1,7 @@
 """graddrop.GradDropLayer and the functional API in eager mode."""
+import pathlib
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -24,6 +27,24 @@ def test_package_loads_its_own_library():
     assert graddrop.LIBRARY_PATH.endswith("lib/libgraddrop.so")
     assert hasattr(torch.ops.graddrop, "combine") and hasattr(torch.ops.graddrop, "purity")
     assert graddrop._build_info.TORCH_VERSION == torch.__version__
+
+
+def run_python(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_import_refuses_another_torch_version():
+    result = run_python("import torch; torch.__version__ = '1.2.3'; import graddrop")
+    assert result.returncode != 0
+    assert (f"graddrop was built against torch {torch.__version__} but this environment has "
+            "torch 1.2.3") in result.stderr
+
+
+def test_import_of_the_source_folder_says_to_install():
+    source = pathlib.Path(__file__).resolve().parents[3] / "python"
+    result = run_python(f"import sys; sys.path.insert(0, {str(source)!r}); import graddrop")
+    assert result.returncode != 0
+    assert "pip install --no-build-isolation ." in result.stderr
 
 
 def test_repr_matches_the_cpp_pretty_print():
