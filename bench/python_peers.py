@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -31,6 +32,8 @@ METHODS = ["equal", "graddrop", "libmtl", "torchjd"]
 def import_libmtl_graddrop():
     """LibMTL's package __init__ imports its whole trainer stack (torchvision, ...); GradDrop needs
     only its weighting module, so load that without running the package's __init__."""
+    if "LibMTL.weighting.GradDrop" in sys.modules:
+        return sys.modules["LibMTL.weighting.GradDrop"].GradDrop
     spec = importlib.util.find_spec("LibMTL")
     if spec is None:
         raise ImportError("LibMTL is not installed (run bench/python_peers.sh)")
@@ -45,14 +48,20 @@ def import_libmtl_graddrop():
 
 
 class Model(nn.Module):
-    def __init__(self, num_tasks, width, depth, in_features, classes):
+    def __init__(self, num_tasks, width, depth, in_features, classes, head_hidden=0):
         super().__init__()
         layers, features = [], in_features
         for _ in range(depth):
             layers += [nn.Linear(features, width), nn.ReLU()]
             features = width
         self.trunk = nn.Sequential(*layers)
-        self.heads = nn.ModuleList(nn.Linear(width, classes) for _ in range(num_tasks))
+
+        def head():
+            if not head_hidden:
+                return nn.Linear(width, classes)
+            return nn.Sequential(nn.Linear(width, head_hidden), nn.ReLU(),
+                                 nn.Linear(head_hidden, classes))
+        self.heads = nn.ModuleList(head() for _ in range(num_tasks))
 
 
 class Step:
@@ -109,7 +118,8 @@ class Step:
 
 def make(args, num_tasks, device):
     torch.manual_seed(0)
-    model = Model(num_tasks, args.width, args.depth, args.in_features, args.classes)
+    model = Model(num_tasks, args.width, args.depth, args.in_features, args.classes,
+                  args.head_hidden)
     x = torch.randn(args.batch, args.in_features, device=device)
     targets = [torch.randint(0, args.classes, (args.batch,), device=device)
                for _ in range(num_tasks)]
@@ -170,6 +180,8 @@ def main():
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--in-features", type=int, default=512)
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--head-hidden", type=int, default=0,
+                        help="0: linear heads; else each head has one hidden layer this wide")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -188,8 +200,10 @@ def main():
         return
 
     devices = [d for d in args.devices.split(",") if d == "cpu" or torch.cuda.is_available()]
+    heads = (f"{args.width} -> {args.head_hidden} -> {args.classes}" if args.head_hidden
+             else f"{args.width} -> {args.classes}")
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; trunk {args.depth} x "
-          f"{args.width} (input {args.in_features}), heads {args.width} -> {args.classes}, batch "
+          f"{args.width} (input {args.in_features}), heads {heads}, batch "
           f"{args.batch}; median of {args.steps} steps after {args.warmup} warm-up steps")
     rows = []
     for device in devices:
