@@ -32,7 +32,3 @@ def few_threads():
     torch.set_num_threads(min(threads, 2))
     yield
     torch.set_num_threads(threads)
-
-
-def devices():
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
