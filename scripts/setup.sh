@@ -3,7 +3,8 @@
 #   - Debian packages: compilers, CMake, GoogleTest, Google Benchmark, zlib, the
 #     Fashion-MNIST data set, gnuplot, and Debian's LibTorch 1.13 (the compatibility target);
 #   - the primary LibTorch: PyPI's torch (pinned, CUDA-enabled) in the project-local
-#     virtual environment .venv, plus pytest.
+#     virtual environment .venv, plus pytest, and scikit-build-core (the build backend of the
+#     graddrop Python package; it uses the system's CMake and Ninja).
 # Idempotent: a second run only checks. Set GRADDROP_SKIP_APT=1 to skip the Debian part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,5 +37,9 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
   echo "setup: installing torch==$TORCH_VERSION into .venv (large download, once)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "torch==$TORCH_VERSION" pytest numpy
+fi
+if ! .venv/bin/python -c "import scikit_build_core, pytest" 2>/dev/null; then
+  echo "setup: installing scikit-build-core and pytest into .venv (the Python package's build)"
+  .venv/bin/python -m pip install -q "scikit-build-core>=0.10" pytest
 fi
 echo "setup: torch $(.venv/bin/python -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)')"

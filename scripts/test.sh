@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing (scripts/setup.sh), builds graddrop against a LibTorch and runs every
-# test with CTest.
+# test with CTest; with the primary LibTorch it then installs the graddrop Python package into
+# .venv (reusing the build) and runs its pytest suite.
 #   bash scripts/test.sh            # the primary LibTorch: pip torch in .venv (CUDA kernels
 #                                   # compiled and linked; GPU tests skip without a GPU)
 #   bash scripts/test.sh --debian   # Debian's libtorch-dev 1.13 (CPU only)
@@ -23,3 +24,10 @@ cmake -S . -B "$build_dir" -G Ninja "${torch_args[@]}" ${GRADDROP_CMAKE_ARGS:-}
 cmake --build "$build_dir" -j "${GRADDROP_JOBS:-$(nproc)}"
 # The suites use both cores themselves (at::set_num_threads), so run them one at a time.
 ctest --test-dir "$build_dir" --output-on-failure
+
+if [ "${1:-}" != "--debian" ]; then
+  # The Python package, built from the same build folder: CMake finds the library up to date, so
+  # this installs it (and the Python files) without compiling it again.
+  .venv/bin/python -m pip install -q --no-build-isolation -C build-dir="$build_dir" .
+  (cd tests/python/package && ../../../.venv/bin/python -m pytest -q -p no:cacheprovider .)
+fi

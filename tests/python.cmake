@@ -1,5 +1,7 @@
-# The Python tests call the operators through torch.ops from the project's virtual environment;
-# registered only when that environment's torch is the LibTorch this build uses.
+# The operator tests (python/test_ops.py) call the operators through torch.ops from the project's
+# virtual environment; registered only when that environment's torch is the LibTorch this build
+# uses. The installed package's suite (python/package/) runs after `pip install` in
+# scripts/test.sh: a copy installed earlier would load a second libgraddrop into this process.
 set(GRADDROP_PYTHON "${PROJECT_SOURCE_DIR}/.venv/bin/python" CACHE FILEPATH
     "Python whose torch matches the LibTorch in use (for the pytest suite)")
 if(EXISTS "${GRADDROP_PYTHON}")
@@ -15,7 +17,7 @@ endif()
 if(graddrop_python_torch_dir AND graddrop_python_torch_dir STREQUAL graddrop_torch_dir)
   add_test(NAME python_ops
            COMMAND "${GRADDROP_PYTHON}" -m pytest -q -p no:cacheprovider
-                   ${CMAKE_CURRENT_SOURCE_DIR}/python)
+                   ${CMAKE_CURRENT_SOURCE_DIR}/python/test_ops.py)
   set_tests_properties(python_ops PROPERTIES
                        ENVIRONMENT "GRADDROP_LIBRARY=$<TARGET_FILE:graddrop>")
 else()
