@@ -48,3 +48,10 @@ TORCH_LIBRARY_IMPL(graddrop, Meta, m) {
   m.impl("combine", TORCH_FN(graddrop::ops::combine_meta));
   m.impl("purity", TORCH_FN(graddrop::ops::purity_meta));
 }
+
+// With a Meta kernel of its own, purity's composed (CompositeImplicitAutograd) kernel no longer
+// serves the AutogradMeta key, and LibTorch 1.13 has no autograd fallback there: fall through to
+// the Meta kernel (a shape computation has nothing to differentiate).
+TORCH_LIBRARY_IMPL(graddrop, AutogradMeta, m) {
+  m.impl("purity", torch::CppFunction::makeFallthrough());
+}
