@@ -488,7 +488,9 @@ void check_case(const FuzzCase& c, Totals& totals) {
     magnitude = magnitude + grad.to(at::kDouble).abs();
     plain = plain + grad.to(at::kDouble);
   }
-  if (c.options.keep_grad_norm()) {
+  const bool any_defined = std::any_of(inputs.grads.begin(), inputs.grads.end(),
+                                       [](const at::Tensor& grad) { return grad.defined(); });
+  if (c.options.keep_grad_norm() && any_defined) {
     const auto unscaled = reference::combine(inputs.grads, inputs.activation,
                                              GradDropOptions(c.options).keep_grad_norm(false),
                                              uniform)
@@ -499,8 +501,6 @@ void check_case(const FuzzCase& c, Totals& totals) {
   const auto got = first.output.to(at::kDouble);
   // An undefined gradient contributes nothing, not even NaN * 0 from a non-finite activation
   // (the reference stands a zero tensor in for it): with none defined the output is 0.
-  const bool any_defined = std::any_of(inputs.grads.begin(), inputs.grads.end(),
-                                       [](const at::Tensor& grad) { return grad.defined(); });
   const auto want = any_defined ? expected.output.to(c.dtype).to(at::kDouble)
                                 : at::zeros(got.sizes(), at::TensorOptions().dtype(at::kDouble));
   auto good = agrees(got, want, magnitude, c.dtype);
