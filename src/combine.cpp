@@ -88,6 +88,10 @@ at::Tensor combine(const std::vector<at::Tensor>& grads, const at::Tensor& activ
   if (options.keep_function() == KeepFunction::kCustom) {
     const auto purity_values = purity(grads, activation, options);
     auto keep = options.custom_keep_function()(purity_values);
+    TORCH_CHECK(keep.defined(),
+                "graddrop::combine: the custom keep function returned an undefined tensor; it "
+                "must return f(P), a tensor of P's shape ",
+                c10::IntArrayRef(purity_values.sizes()), " with values in [0, 1]");
     // A NaN purity (a NaN or Inf gradient) must reach the kernel as a NaN f(P), whatever the
     // user's f makes of it, so that the affected outputs come out non-finite (DESIGN.md §1).
     // A result of another shape, dtype or device is left for the operator's checks to refuse.
@@ -110,6 +114,9 @@ at::Tensor combine(const std::vector<at::Tensor>& grads, const at::Tensor& activ
                         std::move(generator), uniform, keep_probability, seed,
                         static_cast<int64_t>(options.offset()), statistics != nullptr);
   if (statistics != nullptr) {
+    TORCH_CHECK(!std::get<1>(result).is_meta(),
+                "graddrop::combine: meta tensors have no statistics to read; pass no statistics "
+                "pointer");
     *statistics = statistics_from(std::get<1>(result), purity_shape(activation, options),
                                   options.num_tasks());
   }

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/library.h>
 
 #include "graddrop/combine.h"
@@ -57,6 +58,9 @@ torch::autograd::variable_list GradDropFunction::backward(
         "backward once on the sum of the losses.");
   }
 
+  // Once differentiable: with create_graph the saved activation may still require grad, and
+  // the operator (which has no derivative) refuses inputs that require grad in grad mode.
+  at::NoGradGuard no_grad;
   if (call->options.record_statistics() && call->record) {
     GradDropStatistics statistics;
     auto combined = combine(grad_outputs, activation, call->options, call->generator, nullopt,

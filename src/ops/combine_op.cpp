@@ -3,6 +3,8 @@
 #include "ops/combine_op.h"
 
 #include <cmath>
+#include <limits>
+#include <sstream>
 #include <string>
 
 #include <ATen/ATen.h>
@@ -71,13 +73,62 @@ bool values_checkable_on_host(const at::Tensor& tensor) {
   return tensor.numel() > 0 && tensor.device().is_cpu();
 }
 
+// The normal range [smallest normal, largest finite] of the op-math dtype. epsilon and scale are
+// given as float64 but used in op-math: a value outside this range would become 0 or inf there
+// (epsilon 1e-50 in float32 turns a dead feature's purity into 0/0, scale 1e39 into inf * 0).
+// Subnormals are refused too: flush-to-zero modes turn them into 0.
+struct NormalRange {
+  double lowest;
+  double highest;
+  const char* name;
+};
+
+NormalRange normal_range_of(at::ScalarType opmath) {
+  if (opmath == at::kDouble) {
+    return {std::numeric_limits<double>::min(), std::numeric_limits<double>::max(), "float64"};
+  }
+  return {static_cast<double>(std::numeric_limits<float>::min()),
+          static_cast<double>(std::numeric_limits<float>::max()), "float32"};
+}
+
+void check_representable(double value, const char* name, const at::Tensor& activation,
+                         at::ScalarType opmath) {
+  const auto range = normal_range_of(opmath);
+  TORCH_CHECK(value >= range.lowest && value <= range.highest, "graddrop: ", name, " = ", value,
+              " cannot be used by a ", activation.scalar_type(),
+              " activation: its op-math dtype ", range.name, " holds values in [", range.lowest,
+              ", ", range.highest, "] (outside, ", name, " would become 0 or inf)");
+}
+
+void check_dense(const at::Tensor& tensor, const std::string& name) {
+  TORCH_CHECK(!tensor.defined() || tensor.layout() == at::kStrided, "graddrop: ", name,
+              " must be a dense (strided) tensor, got layout ", tensor.layout(),
+              "; convert it with .to_dense()");
+}
+
 }  // namespace
+
+void check_dense_layouts(const at::Tensor& activation,
+                         const c10::List<optional<at::Tensor>>& grads,
+                         const optional<at::Tensor>& uniform,
+                         const optional<at::Tensor>& keep_probability) {
+  check_dense(activation, "activation");
+  for (size_t task = 0; task < grads.size(); ++task) {
+    const optional<at::Tensor> entry = grads.get(task);
+    if (entry.has_value()) check_dense(*entry, "grads[" + std::to_string(task) + "]");
+  }
+  if (uniform.has_value()) check_dense(*uniform, "uniform (U)");
+  if (keep_probability.has_value()) check_dense(*keep_probability, "keep_probability (f(P))");
+}
 
 at::ScalarType CombineArguments::opmath_type() const {
   return activation.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 std::vector<int64_t> purity_shape_of(const at::Tensor& activation, bool marginalize_batch) {
+  TORCH_CHECK(!marginalize_batch || activation.dim() >= 1,
+              "graddrop: marginalize_batch needs an activation with a batch dimension, got a "
+              "0-d activation; set marginalize_batch(false)");
   const auto sizes = activation.sizes();
   if (!marginalize_batch) return sizes.vec();
   return std::vector<int64_t>(sizes.begin() + 1, sizes.end());
@@ -92,14 +143,13 @@ CombineArguments prepare_combine(const at::Tensor& activation,
                                  const optional<at::Tensor>& keep_probability,
                                  optional<int64_t> seed, int64_t offset, bool statistics) {
   TORCH_CHECK(activation.defined(), "graddrop: activation is undefined");
+  check_dense_layouts(activation, grads, uniform, keep_probability);
   const auto dtype = activation.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
                   dtype == at::kBFloat16,
               "graddrop: activation must be float32, float64, float16 or bfloat16, got dtype ",
               dtype);
-  TORCH_CHECK(!marginalize_batch || activation.dim() >= 1,
-              "graddrop: marginalize_batch needs an activation with a batch dimension, got a "
-              "0-d activation; set marginalize_batch(false)");
+  purity_shape_of(activation, marginalize_batch);  // the 0-d check, before anything else
 
   CombineArguments arguments;
   arguments.activation = activation.contiguous();
@@ -118,10 +168,12 @@ CombineArguments prepare_combine(const at::Tensor& activation,
   arguments.keep_function = keep_function_from_string(std::string(keep_function));
   TORCH_CHECK(std::isfinite(scale) && scale > 0.0,
               "graddrop: scale must be a finite number > 0, got ", scale);
+  check_representable(scale, "scale", activation, arguments.opmath_type());
   arguments.scale = scale;
   arguments.zero_sign = zero_sign_from_string(std::string(zero_sign));
   TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0.0,
               "graddrop: epsilon must be a finite number > 0, got ", epsilon);
+  check_representable(epsilon, "epsilon", activation, arguments.opmath_type());
   arguments.epsilon = epsilon;
   arguments.keep_grad_norm = keep_grad_norm;
   arguments.statistics = statistics;
@@ -150,6 +202,11 @@ CombineArguments prepare_combine(const at::Tensor& activation,
     }
   }
   if (keep_probability.has_value() && keep_probability->defined()) {
+    // f(P) given replaces the built-in keep function; a keep_function other than 'custom' next
+    // to it would be silently ignored.
+    TORCH_CHECK(arguments.keep_function == KeepFunction::kCustom,
+                "graddrop: keep_probability (f(P)) is given, so keep_function must be 'custom', "
+                "got '", keep_function, "' (which would be ignored)");
     arguments.keep_probability =
         checked_purity_shaped(*keep_probability, "keep_probability (f(P))", arguments);
     if (values_checkable_on_host(arguments.keep_probability)) {
@@ -159,7 +216,8 @@ CombineArguments prepare_combine(const at::Tensor& activation,
               .all()
               .item<bool>();
       TORCH_CHECK(in_range,
-                  "graddrop: the keep function must return values in [0, 1], got values in [",
+                  "graddrop: keep_probability (f(P), the keep function's values) must lie in "
+                  "[0, 1], got values in [",
                   at::nan_to_num(keep).min().item<double>(), ", ",
                   at::nan_to_num(keep).max().item<double>(), "]");
     }
@@ -167,8 +225,14 @@ CombineArguments prepare_combine(const at::Tensor& activation,
     TORCH_CHECK(arguments.keep_function != KeepFunction::kCustom,
                 "graddrop: keep_function 'custom' needs keep_probability (f(P)) to be given");
   }
+  // The Philox key is 64 bits and the schema's int is signed: a negative seed is the key's two's
+  // complement (seed -1 is key 2^64 - 1), so every key is reachable from Python, and the C++
+  // API's uint64_t seed reaches the same key.
   if (seed.has_value()) arguments.seed = static_cast<uint64_t>(*seed);
   TORCH_CHECK(offset >= 0, "graddrop: offset must be >= 0, got ", offset);
+  TORCH_CHECK(offset == 0 || seed.has_value(), "graddrop: offset (", offset,
+              ") is used only with an explicit seed; pass seed too (without one each call draws "
+              "a fresh key and the offset would be ignored)");
   arguments.offset = static_cast<uint64_t>(offset);
   return arguments;
 }
@@ -188,7 +252,13 @@ std::tuple<at::Tensor, at::Tensor> finish_combine(at::Tensor output,
   if (arguments.keep_grad_norm && output.numel() > 0) {
     const auto plain_norm = accumulators[plain_square_slot(n)].sqrt();
     const auto output_norm = accumulators[output_square_slot(n)].sqrt();
-    output.mul_(plain_norm / (output_norm + arguments.epsilon));
+    // The ratio is a float64 tensor of one element, not 0-d: a 0-d operand would be cast to the
+    // output's dtype first (a ratio of 1e40 becomes inf in float32, and 0 * inf = NaN where
+    // float64 gives 0). As a dimensioned operand it makes the product float64, rounded once to
+    // the output's dtype, as the float64 reference computes it.
+    // (The output is contiguous; its flat view also takes a 0-d output.)
+    const auto ratio = (plain_norm / (output_norm + arguments.epsilon)).reshape({1});
+    output.view({-1}).mul_(ratio);
   }
   // No statistics: an empty tensor (an undefined one would reach Python as None).
   if (!arguments.statistics) return {output, at::empty({0}, output.options().dtype(at::kDouble))};

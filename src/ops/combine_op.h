@@ -70,6 +70,8 @@ GRADDROP_HOST_DEVICE int64_t output_square_slot(int64_t num_tasks) { return num_
 GRADDROP_HOST_DEVICE int64_t plain_square_slot(int64_t num_tasks) { return num_tasks + 3; }
 
 // Checks every argument (TORCH_CHECK naming the argument and value) and makes them contiguous.
+// Reads no tensor data except an explicit U or f(P) on the CPU (their range), so the Meta kernel
+// runs it too.
 CombineArguments prepare_combine(const at::Tensor& activation,
                                  const c10::List<optional<at::Tensor>>& grads,
                                  c10::ArrayRef<double> leak, c10::string_view sign_source,
@@ -79,8 +81,16 @@ CombineArguments prepare_combine(const at::Tensor& activation,
                                  const optional<at::Tensor>& keep_probability,
                                  optional<int64_t> seed, int64_t offset, bool statistics);
 
-// The shape of P for an activation.
+// The shape of P for an activation; a 0-d activation with marginalize_batch is refused with the
+// same c10::Error as combine gives.
 std::vector<int64_t> purity_shape_of(const at::Tensor& activation, bool marginalize_batch);
+
+// Refuses a tensor argument that is not dense (sparse COO, CSR, ...), naming it and its layout.
+// Run first by prepare_combine, and by the kernels registered under the sparse dispatch keys.
+void check_dense_layouts(const at::Tensor& activation,
+                         const c10::List<optional<at::Tensor>>& grads,
+                         const optional<at::Tensor>& uniform,
+                         const optional<at::Tensor>& keep_probability);
 
 // The accumulators a kernel fills: zeros when arguments.needs_accumulators(), else undefined
 // (the training hot path allocates nothing for them).
