@@ -96,6 +96,7 @@ at::Tensor misaligned_copy(const at::Tensor& tensor) {
 // The mask rule written out as DESIGN.md §1 step 6 states it, case by case.
 template <typename T>
 bool expected_mask(T signal, T keep, T uniform, ZeroSign zero_sign) {
+  if (std::isnan(keep)) return false;  // a NaN f(P) keeps nothing (its coefficient is NaN)
   if (std::isnan(signal) || signal == T(0)) return zero_sign == ZeroSign::kKeep;
   if (signal > T(0)) return keep > uniform;  // false when keep or uniform is NaN
   return keep < uniform;

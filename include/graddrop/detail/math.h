@@ -166,14 +166,16 @@ GRADDROP_HOST_DEVICE T keep_for_uniform(T keep, T uniform) {
   return (uniform >= T(0)) & (uniform < T(1)) ? keep : not_a_number<T>();
 }
 
-// M_i = [f(P) > U][G_i > 0] + [f(P) < U][G_i < 0], and the zero policy where G_i == 0. Written
-// with and/or of comparisons (no branches), which every compiler vectorises.
+// M_i = [f(P) > U][G_i > 0] + [f(P) < U][G_i < 0], and the zero policy where G_i == 0. A NaN
+// f(P) (a NaN purity, or an unusable explicit value) keeps nothing: its coefficient is NaN, and
+// the statistics must not count it as kept. Written with and/or of comparisons (no branches),
+// which every compiler vectorises.
 template <typename T>
 GRADDROP_HOST_DEVICE bool sign_mask(T signal, T keep, T uniform, ZeroSign zero_sign) {
   const bool positive = signal > T(0);
   const bool negative = signal < T(0);
   return (positive & (keep > uniform)) | (negative & (keep < uniform)) |
-         (!(positive | negative) & (zero_sign == ZeroSign::kKeep));
+         (!(positive | negative) & (zero_sign == ZeroSign::kKeep) & (keep == keep));
 }
 
 // c_i = l_i + (1 - l_i) * M_i. A NaN keep probability (a NaN or Inf gradient made P NaN, or an
