@@ -14,13 +14,32 @@
 namespace graddrop {
 namespace cuda_kernels {
 
+namespace {
+
+// The kernel's static shared memory, which counts against the same per-block limits.
+int64_t static_shared_bytes(const void* kernel) {
+  static std::mutex mutex;
+  static std::map<const void*, int64_t> known;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = known.find(kernel);
+  if (found != known.end()) return found->second;
+  cudaFuncAttributes attributes{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  const auto bytes = static_cast<int64_t>(attributes.sharedSizeBytes);
+  known.emplace(kernel, bytes);
+  return bytes;
+}
+
+}  // namespace
+
 void allow_shared_memory_bytes(const void* kernel, int64_t bytes) {
   const auto* properties = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK(bytes <= static_cast<int64_t>(properties->sharedMemPerBlockOptin),
-              "graddrop: the CUDA kernel needs ", bytes, " bytes of shared memory per block for ",
+  const int64_t total = bytes + static_shared_bytes(kernel);
+  TORCH_CHECK(total <= static_cast<int64_t>(properties->sharedMemPerBlockOptin),
+              "graddrop: the CUDA kernel needs ", total, " bytes of shared memory per block for ",
               "this task count, more than the device allows (", properties->sharedMemPerBlockOptin,
               ")");
-  if (bytes <= 48 * 1024) return;
+  if (total <= 48 * 1024) return;
   static std::mutex mutex;
   static std::map<std::pair<const void*, int>, int64_t> allowed;
   const std::lock_guard<std::mutex> lock(mutex);

@@ -261,10 +261,13 @@ __device__ __forceinline__ void write_output_rows(
   __syncthreads();
 }
 
-// kStatistics: write the statistics rows (keep_grad_norm or statistics).
+// kStatistics: write the statistics rows (keep_grad_norm or statistics). The parameters are
+// __grid_constant__: the helpers index the task list at run time, which would otherwise copy the
+// whole parameter block to local memory in every thread.
 template <typename scalar_t, typename opmath_t, class Tasks, bool kStatistics>
 __global__ void __launch_bounds__(kMaxMarginalizedThreads)
-    combine_marginalized_kernel(const MarginalizedParams<scalar_t, opmath_t, Tasks> p) {
+    combine_marginalized_kernel(
+        const __grid_constant__ MarginalizedParams<scalar_t, opmath_t, Tasks> p) {
   constexpr int kChunk = Tasks::kChunk;
   constexpr int kInFlight = rows_in_flight<Tasks>();
   constexpr int kLanes = detail::kRowLanes;

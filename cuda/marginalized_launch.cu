@@ -59,6 +59,15 @@ MarginalizedPlan plan_marginalized(const ops::CombineArguments& arguments, int c
     uncached_width /= 2;
   }
 
+  // Threads of a strip width that shared memory lets stay resident on one multiprocessor: a
+  // cached plan that leaves too few of them cannot keep the memory system busy.
+  auto resident_threads = [&](int width, int64_t shared) {
+    const int64_t blocks = std::min<int64_t>(
+        32, static_cast<int64_t>(properties->sharedMemPerMultiprocessor) / (shared + kReserved));
+    return blocks * 2 * width;
+  };
+  constexpr int64_t kFewestResidentThreads = 256;
+
   MarginalizedPlan plan;
   plan.chunks_per_part = std::max<int64_t>(chunks, 1);
   if (rows > 0) {
@@ -67,7 +76,8 @@ MarginalizedPlan plan_marginalized(const ops::CombineArguments& arguments, int c
         const int64_t strips = ceil_div(columns, width);
         const int64_t shared =
             layout_bytes(width, marginalized_cache_bytes(rows, width, n, scalar_size));
-        if (shared <= budget && (strips >= multiprocessors || tiny)) {
+        if (shared <= budget && (strips >= multiprocessors || tiny) &&
+            (resident_threads(width, shared) >= kFewestResidentThreads || tiny)) {
           plan.width = width;
           plan.strips = strips;
           plan.cache = true;
@@ -80,7 +90,14 @@ MarginalizedPlan plan_marginalized(const ops::CombineArguments& arguments, int c
   plan.width = uncached_width;
   plan.strips = ceil_div(columns, uncached_width);
   plan.shared_bytes = layout_bytes(uncached_width, 0);
-  if (chunks >= 2 && plan.strips < 2 * multiprocessors) {
+  if (chunks < 2 || plan.strips >= 2 * multiprocessors) {
+    // Fused without the cache: strips narrow enough to give every multiprocessor one.
+    while (plan.width > kStatisticsGroup && plan.strips < multiprocessors && !tiny) {
+      plan.width /= 2;
+      plan.strips = ceil_div(columns, plan.width);
+      plan.shared_bytes = layout_bytes(plan.width, 0);
+    }
+  } else {
     // Split: enough (strip, part) blocks to fill the device several times over.
     plan.fused = false;
     const int64_t wanted = ceil_div(multiprocessors * 8, plan.strips);

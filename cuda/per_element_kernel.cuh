@@ -75,7 +75,8 @@ __device__ __forceinline__ void load_task_chunk(const Tasks& tasks, int chunk_be
 // parameter because the float64 sums cost registers the plain kernel does not need.
 template <typename scalar_t, typename opmath_t, class Tasks, bool kStatistics>
 __global__ void __launch_bounds__(kThreads)
-    combine_per_element_kernel(const PerElementParams<scalar_t, opmath_t, Tasks> p) {
+    combine_per_element_kernel(
+        const __grid_constant__ PerElementParams<scalar_t, opmath_t, Tasks> p) {
   constexpr int kWidth = per_element_width<scalar_t, Tasks>();
   constexpr int kChunk = Tasks::kChunk;
   constexpr int64_t kTile = per_element_tile<scalar_t, Tasks>();
