@@ -177,11 +177,11 @@ def _has_kernel(name: str, key: str) -> bool:
 
 def register_fake_kernels() -> None:
     """Fake (meta) implementations, so torch.compile and FakeTensor tracing see the outputs'
-    shapes without running a kernel. Skipped for an operator whose library already registers a
-    Meta (or composite) kernel."""
-    if not (_has_kernel("graddrop::combine", "Meta")
-            or _has_kernel("graddrop::combine", "CompositeExplicitAutograd")):
-        @torch.library.register_fake("graddrop::combine")
+    shapes without running a kernel. combine's replaces the library's C++ Meta kernel, which
+    runs the device kernels' checks on concrete sizes and so cannot trace dynamic (symbolic)
+    shapes; purity's is registered only where no Meta or composite kernel exists."""
+    if not _has_kernel("graddrop::combine", "CompositeExplicitAutograd"):
+        @torch.library.register_fake("graddrop::combine", allow_override=True)
         def _combine_fake(activation, grads, leak=(), sign_source="activation_sign",
                           marginalize_batch=True, keep_function="linear", scale=1.0,
                           zero_sign="drop", epsilon=1e-7, keep_grad_norm=False, generator=None,

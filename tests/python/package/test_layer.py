@@ -147,7 +147,7 @@ def test_callable_keep_function(generator):
 def test_callable_keep_function_out_of_range_is_refused(generator):
     activation = torch.randn(4, 6, generator=generator)
     grads = [torch.randn(4, 6, generator=generator) for _ in range(2)]
-    with pytest.raises(RuntimeError, match=r"keep function must return values in \[0, 1\]"):
+    with pytest.raises(RuntimeError, match=r"keep_probability \(f\(P\), the keep function.s values\) must lie in \[0, 1\]"):
         graddrop.combine(grads, activation, keep_function=lambda p: p + 2)
     with pytest.raises(TypeError, match=r"keep function must return a Tensor"):
         graddrop.combine(grads, activation, keep_function=lambda p: 0.5)
