@@ -58,10 +58,13 @@ std::tuple<at::Tensor, at::Tensor> combine_cuda(
     c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
     bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
     const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
-    bool statistics) {
+    bool statistics, optional<c10::string_view> group_name) {
   const auto arguments = ops::prepare_combine(
       activation, grads, leak, sign_source, marginalize_batch, keep_function, scale, zero_sign,
       epsilon, keep_grad_norm, uniform, keep_probability, seed, offset, statistics);
+  TORCH_CHECK(!group_name.has_value(), "graddrop: data-parallel combine (group_name '",
+              group_name.value_or(""), "') takes CPU tensors in this version; CUDA tensors are "
+              "not supported yet");
   const c10::cuda::CUDAGuard device_guard(arguments.activation.device());
   auto output = at::empty_like(arguments.activation);
   const auto key = reserve_draw(arguments, std::move(generator));

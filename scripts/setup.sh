@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION="${GRADDROP_TORCH_VERSION:-2.11.0}"
 APT_PACKAGES=(build-essential cmake ninja-build pkg-config python3-venv
   libgtest-dev libgmock-dev googletest libbenchmark-dev zlib1g-dev
-  dataset-fashion-mnist gnuplot-nox libtorch-dev)
+  dataset-fashion-mnist gnuplot-nox libtorch-dev libgloo-dev)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

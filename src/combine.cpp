@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "distributed/registry.h"
 #include "ops/combine_op.h"
 
 namespace graddrop {
@@ -109,10 +110,19 @@ at::Tensor combine(const std::vector<at::Tensor>& grads, const at::Tensor& activ
   const auto keep = to_string(options.keep_function());
   const auto zero = to_string(options.zero_sign());
   std::vector<double> leak(options.leak());
+  optional<std::string> group_name;
+#if GRADDROP_HAS_DISTRIBUTED
+  if (options.process_group()) {
+    group_name = distributed::registered_group_name(options.process_group());
+  }
+#endif
+  optional<c10::string_view> group_view;
+  if (group_name.has_value()) group_view = c10::string_view(*group_name);
   auto result = op.call(activation, as_list(grads), leak, source, options.marginalize_batch(),
                         keep, options.scale(), zero, options.epsilon(), options.keep_grad_norm(),
                         std::move(generator), uniform, keep_probability, seed,
-                        static_cast<int64_t>(options.offset()), statistics != nullptr);
+                        static_cast<int64_t>(options.offset()), statistics != nullptr,
+                        group_view);
   if (statistics != nullptr) {
     TORCH_CHECK(!std::get<1>(result).is_meta(),
                 "graddrop::combine: meta tensors have no statistics to read; pass no statistics "

@@ -49,7 +49,13 @@ torch::autograd::variable_list GradDropFunction::backward(
 
   int64_t defined = 0;
   for (const auto& grad : grad_outputs) defined += grad.defined();
-  if (defined == 0) return {at::Tensor(), at::Tensor()};
+  // With a process group the call is collective: a rank whose heads all had no loss this step
+  // still joins (its gradients count as zero), or the other ranks would wait for it.
+  bool in_group = false;
+#if GRADDROP_HAS_DISTRIBUTED
+  in_group = static_cast<bool>(call->options.process_group());
+#endif
+  if (defined == 0 && !in_group) return {at::Tensor(), at::Tensor()};
   if (defined == 1 && grad_outputs.size() > 1) {
     TORCH_WARN_ONCE(
         "GradDropFunction received the gradient of only one of its ", grad_outputs.size(),

@@ -11,6 +11,10 @@
 #include "graddrop/compat.h"
 #include "graddrop/detail/math.h"
 
+#if GRADDROP_HAS_DISTRIBUTED
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#endif
+
 namespace graddrop {
 
 // A user keep function f, applied to the whole purity tensor P (values in [0, 1]); it must
@@ -55,6 +59,14 @@ struct GradDropOptions {
   TORCH_ARG(uint64_t, offset) = 0;
   /// Record `GradDropStatistics` of each backward (kept fractions, mean purity, conflicts).
   TORCH_ARG(bool, record_statistics) = false;
+#if GRADDROP_HAS_DISTRIBUTED
+  /// Data-parallel training: the c10d process group whose ranks share one purity. In
+  /// marginalised mode every rank then computes P, the draw and the masks of the global batch
+  /// (one all-reduce of the [num_tasks, features] column sums per call); every rank of the group
+  /// must run the backward together. Null (the default): each process on its own. Not in
+  /// builds against LibTorch without c10d's group registry (GRADDROP_HAS_DISTRIBUTED is 0).
+  TORCH_ARG(c10::intrusive_ptr<c10d::ProcessGroup>, process_group) = {};
+#endif
 
  public:  // TORCH_ARG leaves the access at private
   /// The user keep function; setting it also sets `keep_function(KeepFunction::kCustom)`.

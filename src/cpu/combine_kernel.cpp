@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -27,6 +28,7 @@
 
 #include "cpu/combine_kernel_params.h"
 #include "cpu/cpu_capability.h"
+#include "distributed/group_call.h"
 #include "ops/combine_op.h"
 
 namespace graddrop {
@@ -215,17 +217,115 @@ void run_marginalized(const cpu::KernelTable& kernels, const cpu::KernelParams& 
   }
 }
 
+// The kernel parameters of a call, with undefined gradients left out (they are zero: they
+// change no sum, so the kernels never see them). `task_index` maps kernel tasks to tasks.
+struct KernelCall {
+  cpu::KernelParams params;
+  std::vector<const void*> task_data;
+  std::vector<double> task_leak;
+  std::vector<int64_t> task_index;
+
+  KernelCall(const CombineArguments& arguments, const PhiloxKey& key, at::Tensor& output) {
+    for (int64_t task = 0; task < arguments.num_tasks(); ++task) {
+      const auto& grad = arguments.grads[static_cast<size_t>(task)];
+      if (!grad.defined()) continue;
+      task_data.push_back(grad.data_ptr());
+      task_leak.push_back(arguments.leak[static_cast<size_t>(task)]);
+      task_index.push_back(task);
+    }
+    params.dtype = kernel_dtype(arguments.activation.scalar_type());
+    params.activation = arguments.activation.data_ptr();
+    params.grads = task_data.data();
+    params.leak = task_leak.data();
+    params.num_tasks = static_cast<int64_t>(task_data.size());
+    params.rows = arguments.rows;
+    params.columns = arguments.columns;
+    params.sign_source = arguments.sign_source;
+    params.keep_function = arguments.keep_function;
+    params.zero_sign = arguments.zero_sign;
+    params.scale = arguments.scale;
+    params.epsilon = arguments.epsilon;
+    params.uniform = arguments.uniform.defined() ? arguments.uniform.data_ptr() : nullptr;
+    params.keep_probability =
+        arguments.keep_probability.defined() ? arguments.keep_probability.data_ptr() : nullptr;
+    params.seed = key.seed;
+    params.offset = key.offset;
+    params.output = output.data_ptr();
+    params.accumulate = arguments.needs_accumulators();
+  }
+
+  // Runs the kernels; the statistics partials go to `accumulators` in the operator's layout.
+  void run(const CombineArguments& arguments, const at::Tensor& accumulators) {
+    const auto& kernels = active_kernels();
+    std::vector<double> totals(static_cast<size_t>(cpu::partial_stride(params.num_tasks)), 0.0);
+    if (arguments.marginalize_batch) {
+      run_marginalized(kernels, params, arguments.activation.element_size(), totals.data());
+    } else {
+      run_per_element(kernels, params, totals.data());
+    }
+    if (!params.accumulate || params.column_sums_out != nullptr) return;
+    double* slots = accumulators.data_ptr<double>();
+    const int64_t kept = params.num_tasks;
+    for (int64_t j = 0; j < kept; ++j) {
+      slots[task_index[static_cast<size_t>(j)]] = totals[static_cast<size_t>(j)];
+    }
+    for (int64_t s = 0; s < 4; ++s) {
+      slots[arguments.num_tasks() + s] = totals[static_cast<size_t>(kept + s)];
+    }
+  }
+};
+
+// combine with a process group (src/distributed/group_call.h): the global column sums replace
+// the local ones, rank 0's key replaces this rank's, and keep_grad_norm's norms are global.
+std::tuple<at::Tensor, at::Tensor> combine_cpu_in_group(CombineArguments arguments,
+                                                        const std::string& group_name,
+                                                        const optional<at::Generator>& generator) {
+  distributed::GroupCall group(group_name, arguments);
+  distributed::materialise_zero_grads(arguments);
+  auto output = at::empty_like(arguments.activation);
+  auto accumulators = ops::zero_accumulators(arguments);
+  const PhiloxKey local_key =
+      arguments.uniform.defined() ? PhiloxKey{0, 0} : draw_key(arguments, generator);
+  const auto agreed = group.agree({local_key.seed, local_key.offset});
+  // Per-element mode has no batch sum: each rank draws with its own key (README).
+  const PhiloxKey key =
+      arguments.marginalize_batch ? PhiloxKey{agreed.seed, agreed.offset} : local_key;
+  if (arguments.columns == 0) return ops::finish_combine(output, accumulators, arguments);
+  prepare_output_pages(output);
+  KernelCall call(arguments, key, output);
+  at::Tensor global_sums;
+  if (arguments.marginalize_batch) {
+    global_sums = at::empty({arguments.num_tasks(), arguments.columns},
+                            arguments.activation.options().dtype(arguments.opmath_type()));
+    call.params.column_sums_out = global_sums.data_ptr();
+    call.run(arguments, accumulators);
+    group.sum(global_sums, "summing the column sums of the task signals");
+    call.params.column_sums_out = nullptr;
+    call.params.column_sums_in = global_sums.data_ptr();
+  }
+  call.run(arguments, accumulators);
+  if (arguments.keep_grad_norm) {
+    const int64_t n = arguments.num_tasks();
+    auto norms = accumulators.narrow(0, ops::output_square_slot(n), 2).clone();
+    group.sum(norms, "summing the squared norms for keep_grad_norm");
+    accumulators.narrow(0, ops::output_square_slot(n), 2).copy_(norms);
+  }
+  return ops::finish_combine(output, accumulators, arguments);
+}
+
 std::tuple<at::Tensor, at::Tensor> combine_cpu(
     const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
     c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
     c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
     bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
     const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
-    bool statistics) {
-  const auto arguments = ops::prepare_combine(
+    bool statistics, optional<c10::string_view> group_name) {
+  auto arguments = ops::prepare_combine(
       activation, grads, leak, sign_source, marginalize_batch, keep_function, scale, zero_sign,
       epsilon, keep_grad_norm, uniform, keep_probability, seed, offset, statistics);
-  const int64_t num_tasks = arguments.num_tasks();
+  if (group_name.has_value()) {
+    return combine_cpu_in_group(std::move(arguments), std::string(*group_name), generator);
+  }
   auto output = at::empty_like(arguments.activation);
   prepare_output_pages(output);
   auto accumulators = ops::zero_accumulators(arguments);
@@ -234,58 +334,8 @@ std::tuple<at::Tensor, at::Tensor> combine_cpu(
   const PhiloxKey key =
       arguments.uniform.defined() ? PhiloxKey{0, 0} : draw_key(arguments, generator);
   if (arguments.columns == 0) return ops::finish_combine(output, accumulators, arguments);
-
-  // Undefined gradients are zero: they change no sum, so the kernels never see them.
-  std::vector<const void*> task_data;
-  std::vector<double> task_leak;
-  std::vector<int64_t> task_index;
-  for (int64_t task = 0; task < num_tasks; ++task) {
-    const auto& grad = arguments.grads[static_cast<size_t>(task)];
-    if (!grad.defined()) continue;
-    task_data.push_back(grad.data_ptr());
-    task_leak.push_back(arguments.leak[static_cast<size_t>(task)]);
-    task_index.push_back(task);
-  }
-
-  cpu::KernelParams params;
-  params.dtype = kernel_dtype(arguments.activation.scalar_type());
-  params.activation = arguments.activation.data_ptr();
-  params.grads = task_data.data();
-  params.leak = task_leak.data();
-  params.num_tasks = static_cast<int64_t>(task_data.size());
-  params.rows = arguments.rows;
-  params.columns = arguments.columns;
-  params.sign_source = arguments.sign_source;
-  params.keep_function = arguments.keep_function;
-  params.zero_sign = arguments.zero_sign;
-  params.scale = arguments.scale;
-  params.epsilon = arguments.epsilon;
-  params.uniform = arguments.uniform.defined() ? arguments.uniform.data_ptr() : nullptr;
-  params.keep_probability =
-      arguments.keep_probability.defined() ? arguments.keep_probability.data_ptr() : nullptr;
-  params.seed = key.seed;
-  params.offset = key.offset;
-  params.output = output.data_ptr();
-  params.accumulate = arguments.needs_accumulators();
-
-  const auto& kernels = active_kernels();
-  std::vector<double> totals(static_cast<size_t>(cpu::partial_stride(params.num_tasks)), 0.0);
-  if (arguments.marginalize_batch) {
-    run_marginalized(kernels, params, arguments.activation.element_size(), totals.data());
-  } else {
-    run_per_element(kernels, params, totals.data());
-  }
-
-  if (params.accumulate) {
-    double* slots = accumulators.data_ptr<double>();
-    const int64_t kept = params.num_tasks;
-    for (int64_t j = 0; j < kept; ++j) {
-      slots[task_index[static_cast<size_t>(j)]] = totals[static_cast<size_t>(j)];
-    }
-    for (int64_t s = 0; s < 4; ++s) {
-      slots[num_tasks + s] = totals[static_cast<size_t>(kept + s)];
-    }
-  }
+  KernelCall call(arguments, key, output);
+  call.run(arguments, accumulators);
   return ops::finish_combine(output, accumulators, arguments);
 }
 

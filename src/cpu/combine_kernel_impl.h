@@ -736,6 +736,8 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
   const int64_t columns = params.columns;
   const int64_t stride = partial_stride(num_tasks);
   const int64_t width_stride = strip_width;
+  auto* sums_out = static_cast<O*>(params.column_sums_out);
+  const auto* sums_in = static_cast<const O*>(params.column_sums_in);
 
   with_accumulate(params.accumulate, [&](auto accumulate) {
     constexpr bool kAccumulate = decltype(accumulate)::value;
@@ -745,14 +747,18 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
       if (kAccumulate) buffers.lanes.clear(num_tasks);
 
       // Pass 1: the signals summed over the batch in the canonical order of detail/math.h
-      // (row lanes inside chunks of rows, a fixed tree, chunks in order), as the GPU sums them.
+      // (row lanes inside chunks of rows, a fixed tree, chunks in order), as the GPU sums them;
+      // or the given (global) sums.
       const int64_t lane_stride = num_tasks * width_stride;
       for (int64_t i = 0; i < num_tasks; ++i) {
         O* sums = buffers.column_sums + i * width_stride;
-        for (int64_t c = 0; c < count; ++c) sums[c] = 0;
+        const O* given = sums_in != nullptr ? sums_in + i * columns + first_column : nullptr;
+        for (int64_t c = 0; c < count; ++c) sums[c] = given != nullptr ? given[c] : O(0);
       }
-      for (int64_t chunk_first = 0; chunk_first < rows; chunk_first += detail::kRowChunk) {
-        const int64_t chunk_end = smaller(rows, chunk_first + detail::kRowChunk);
+      const int64_t summed_rows = sums_in != nullptr ? 0 : rows;
+      for (int64_t chunk_first = 0; chunk_first < summed_rows;
+           chunk_first += detail::kRowChunk) {
+        const int64_t chunk_end = smaller(summed_rows, chunk_first + detail::kRowChunk);
         for (int64_t k = 0; k < detail::kRowLanes * lane_stride; ++k) buffers.lane_sums[k] = 0;
         for (int64_t row = chunk_first; row < chunk_end; ++row) {
           const int64_t base = row * columns + first_column;
@@ -776,6 +782,15 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
         }
         add_row_lanes(buffers.lane_sums, lane_stride, num_tasks, count, width_stride,
                       buffers.column_sums);
+      }
+
+      if (sums_out != nullptr) {
+        for (int64_t i = 0; i < num_tasks; ++i) {
+          const O* sums = buffers.column_sums + i * width_stride;
+          O* target = sums_out + i * columns + first_column;
+          for (int64_t c = 0; c < count; ++c) target[c] = sums[c];
+        }
+        continue;
       }
 
       // P, f(P), U and c_i of the strip's columns.

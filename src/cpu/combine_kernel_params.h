@@ -42,6 +42,11 @@ struct KernelParams {
   uint64_t offset = 0;
   void* output = nullptr;
   bool accumulate = false;  // fill the statistics partials
+  // Marginalised mode only, for the data-parallel path (src/distributed): with column_sums_out
+  // the strips stop after pass 1 and store the column sums (op-math, [num_tasks][columns]);
+  // with column_sums_in they skip pass 1 and take these sums instead (the global ones).
+  void* column_sums_out = nullptr;
+  const void* column_sums_in = nullptr;
 };
 
 // The statistics partials of one tile or column group, in the layout of ops::accumulator_size:

@@ -42,7 +42,7 @@ std::tuple<at::Tensor, at::Tensor> combine_autograd(
     c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
     bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
     const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
-    bool statistics) {
+    bool statistics, optional<c10::string_view> group_name) {
   if (c10::GradMode::is_enabled()) {
     const auto names = grads_requiring_grad(grads);
     if (!names.empty()) {
@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> combine_autograd(
                        .typed<CombineSignature>();
   return op.call(activation, grads, leak, sign_source, marginalize_batch, keep_function, scale,
                  zero_sign, epsilon, keep_grad_norm, std::move(generator), uniform,
-                 keep_probability, seed, offset, statistics);
+                 keep_probability, seed, offset, statistics, group_name);
 }
 
 }  // namespace

@@ -17,7 +17,8 @@ std::tuple<at::Tensor, at::Tensor> combine_meta(
     c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
     bool keep_grad_norm, optional<at::Generator> /*generator*/,
     const optional<at::Tensor>& uniform, const optional<at::Tensor>& keep_probability,
-    optional<int64_t> seed, int64_t offset, bool statistics) {
+    optional<int64_t> seed, int64_t offset, bool statistics,
+    optional<c10::string_view> /*group_name*/) {
   const auto arguments = prepare_combine(activation, grads, leak, sign_source, marginalize_batch,
                                          keep_function, scale, zero_sign, epsilon, keep_grad_norm,
                                          uniform, keep_probability, seed, offset, statistics);

@@ -322,7 +322,8 @@ TORCH_LIBRARY(graddrop, m) {
       "str sign_source='activation_sign', bool marginalize_batch=True, "
       "str keep_function='linear', float scale=1.0, str zero_sign='drop', float epsilon=1e-07, "
       "bool keep_grad_norm=False, Generator? generator=None, Tensor? uniform=None, "
-      "Tensor? keep_probability=None, int? seed=None, int offset=0, bool statistics=False) "
+      "Tensor? keep_probability=None, int? seed=None, int offset=0, bool statistics=False, "
+      "str? group_name=None) "
       "-> (Tensor, Tensor)");
   m.def(
       "purity(Tensor activation, Tensor?[] grads, str sign_source='activation_sign', "

@@ -25,7 +25,7 @@ using CombineSignature = std::tuple<at::Tensor, at::Tensor>(
     c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
     bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
     const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
-    bool statistics);
+    bool statistics, optional<c10::string_view> group_name);
 
 using PuritySignature = at::Tensor(const at::Tensor& activation,
                                    const c10::List<optional<at::Tensor>>& grads,

@@ -17,7 +17,8 @@ std::tuple<at::Tensor, at::Tensor> combine_sparse(
     c10::string_view /*zero_sign*/, double /*epsilon*/, bool /*keep_grad_norm*/,
     optional<at::Generator> /*generator*/, const optional<at::Tensor>& uniform,
     const optional<at::Tensor>& keep_probability, optional<int64_t> /*seed*/,
-    int64_t /*offset*/, bool /*statistics*/) {
+    int64_t /*offset*/, bool /*statistics*/,
+    optional<c10::string_view> /*group_name*/) {
   check_dense_layouts(activation, grads, uniform, keep_probability);
   TORCH_INTERNAL_ASSERT(false, "graddrop: a sparse dispatch key was chosen but every tensor "
                                "argument is dense");

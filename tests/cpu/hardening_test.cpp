@@ -47,7 +47,7 @@ struct OpCall {
     }
     return op.call(activation, list, leak, sign_source, marginalize_batch, keep_function, scale,
                    zero_sign, epsilon, keep_grad_norm, nullopt, uniform, keep_probability, seed,
-                   offset, statistics);
+                   offset, statistics, nullopt);
   }
   at::Tensor output() const { return std::get<0>(call()); }
 };

@@ -63,7 +63,7 @@ at::Tensor call_operator(const at::Tensor& activation, const std::vector<at::Ten
   for (const auto& grad : grads) list.push_back(optional<at::Tensor>(grad));
   return std::get<0>(op.call(activation, list, {}, "activation_sign", marginalize, "linear", 1.0,
                              "drop", 1e-7, false, nullopt, uniform, keep_probability, nullopt, 0,
-                             false));
+                             false, nullopt));
 }
 
 // Which output elements a bad element of P affects: itself, or its whole feature column.

@@ -329,7 +329,7 @@ Outcome run_explicit_keep(const FuzzCase& c, const Inputs& inputs, const at::Ten
   auto result = op.call(inputs.activation, list, leak, to_string(o.sign_source()),
                         o.marginalize_batch(), "custom", o.scale(), to_string(o.zero_sign()),
                         o.epsilon(), o.keep_grad_norm(), nullopt, uniform, keep, nullopt, 0,
-                        c.statistics);
+                        c.statistics, nullopt);
   return {std::get<0>(result), std::get<1>(result)};
 }
 

@@ -1,0 +1,238 @@
+// The exchanges of one combine call with the other ranks of a c10d process group
+// (group_call.h), and the registration of groups given to the C++ API (registry.h). Only c10d's
+// ProcessGroup and its registry are used: no backend header, so any backend (Gloo, NCCL, ...)
+// serves.
+#include "distributed/group_call.h"
+
+#include <sstream>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include "distributed/registry.h"
+#include "graddrop/options.h"
+
+#if GRADDROP_HAS_DISTRIBUTED
+#include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#endif
+
+namespace graddrop {
+namespace distributed {
+namespace {
+
+std::string shape_string(at::IntArrayRef sizes) {
+  std::ostringstream text;
+  text << sizes;
+  return text.str();
+}
+
+// The call description every rank sends in agree(): int64 slots.
+enum Slot : int64_t {
+  kMagic,  // tells a graddrop description from another collective's data
+  kTasks,
+  kDtype,
+  kMarginalize,
+  kKeepGradNorm,
+  kSignSource,
+  kKeepFunction,
+  kZeroSign,
+  kRows,  // the local batch: may differ between ranks
+  kFeatureDims,
+  kFirstFeatureDim,
+  kSeed = kFirstFeatureDim + 8,  // each rank's own key; rank 0's is used
+  kOffset,
+  kSlots,
+};
+constexpr int64_t kMagicValue = 0x67726470;  // "grdp"
+constexpr int64_t kMaxFeatureDims = kSeed - kFirstFeatureDim;
+
+std::vector<int64_t> feature_shape(const ops::CombineArguments& arguments) {
+  // Everything but the batch dimension, which may differ between ranks.
+  const auto sizes = arguments.activation.sizes();
+  return std::vector<int64_t>(sizes.begin() + (sizes.empty() ? 0 : 1), sizes.end());
+}
+
+std::string describe(const int64_t* slots) {
+  std::ostringstream text;
+  if (slots[kMagic] != kMagicValue) return "no graddrop call (another collective's data)";
+  text << slots[kTasks] << " tasks, " << static_cast<at::ScalarType>(slots[kDtype]) << ", "
+       << (slots[kMarginalize] ? "marginalised" : "per element") << ", features [";
+  for (int64_t d = 0; d < slots[kFeatureDims] && d < kMaxFeatureDims; ++d) {
+    text << (d ? ", " : "") << slots[kFirstFeatureDim + d];
+  }
+  text << "], sign_source " << to_string(static_cast<SignSource>(slots[kSignSource]))
+       << ", keep_function " << to_string(static_cast<KeepFunction>(slots[kKeepFunction]))
+       << ", zero_sign " << to_string(static_cast<ZeroSign>(slots[kZeroSign]))
+       << ", keep_grad_norm " << (slots[kKeepGradNorm] ? "on" : "off");
+  return text.str();
+}
+
+bool same_call(const int64_t* a, const int64_t* b) {
+  for (int64_t slot = 0; slot < kRows; ++slot) {
+    if (a[slot] != b[slot]) return false;
+  }
+  for (int64_t slot = kFeatureDims; slot < kSeed; ++slot) {
+    if (a[slot] != b[slot]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void materialise_zero_grads(ops::CombineArguments& arguments) {
+  for (auto& grad : arguments.grads) {
+    if (!grad.defined()) grad = at::zeros_like(arguments.activation);
+  }
+}
+
+#if GRADDROP_HAS_DISTRIBUTED
+
+struct GroupCall::State {
+  std::string name;
+  c10::intrusive_ptr<c10d::ProcessGroup> group;
+  at::Tensor activation;
+  const ops::CombineArguments* arguments = nullptr;
+
+  // Where the failure happened, for the message: group, backend, rank, shape.
+  std::string context(const char* step) const {
+    std::ostringstream text;
+    text << "graddrop: process group '" << name << "' (" << group->getBackendName() << ", rank "
+         << group->getRank() << " of " << group->getSize() << ") failed while " << step
+         << " for an activation of shape " << shape_string(activation.sizes());
+    return text.str();
+  }
+
+  void wait(const c10::intrusive_ptr<c10d::Work>& work, const char* step) const {
+    try {
+      work->wait();
+    } catch (const c10::Error& error) {
+      TORCH_CHECK(false, context(step), ": ", error.what_without_backtrace(),
+                  "\nEvery rank of the group must call combine (the GradDrop layer's backward) at "
+                  "the same point of its step: a rank that skipped it leaves the others waiting "
+                  "until the group's timeout.");
+    } catch (const std::exception& error) {
+      TORCH_CHECK(false, context(step), ": ", error.what(),
+                  "\nEvery rank of the group must call combine (the GradDrop layer's backward) at "
+                  "the same point of its step: a rank that skipped it leaves the others waiting "
+                  "until the group's timeout.");
+    }
+  }
+};
+
+GroupCall::GroupCall(const std::string& group_name, const ops::CombineArguments& arguments)
+    : state_(std::make_unique<State>()) {
+  state_->name = group_name;
+  try {
+    state_->group = c10d::resolve_process_group(group_name);
+  } catch (const c10::Error& error) {
+    TORCH_CHECK(false, "graddrop: group_name '", group_name,
+                "' names no process group in c10d's registry (",
+                error.what_without_backtrace(),
+                "); from Python pass group.group_name of a torch.distributed group, from C++ set "
+                "GradDropOptions::process_group");
+  }
+  state_->activation = arguments.activation;
+  state_->arguments = &arguments;
+}
+
+GroupCall::~GroupCall() = default;
+
+int GroupCall::rank() const { return state_->group->getRank(); }
+int GroupCall::size() const { return state_->group->getSize(); }
+
+CallKey GroupCall::agree(CallKey local_key) {
+  const auto& arguments = *state_->arguments;
+  const auto features = feature_shape(arguments);
+  TORCH_CHECK(static_cast<int64_t>(features.size()) <= kMaxFeatureDims,
+              "graddrop: with a process group the activation may have at most ",
+              kMaxFeatureDims, " feature dimensions, got shape ",
+              shape_string(arguments.activation.sizes()));
+  std::vector<int64_t> slots(kSlots, 0);
+  slots[kMagic] = kMagicValue;
+  slots[kTasks] = arguments.num_tasks();
+  slots[kDtype] = static_cast<int64_t>(arguments.activation.scalar_type());
+  slots[kMarginalize] = arguments.marginalize_batch;
+  slots[kKeepGradNorm] = arguments.keep_grad_norm;
+  slots[kSignSource] = static_cast<int64_t>(arguments.sign_source);
+  slots[kKeepFunction] = static_cast<int64_t>(arguments.keep_function);
+  slots[kZeroSign] = static_cast<int64_t>(arguments.zero_sign);
+  slots[kRows] = arguments.rows;
+  slots[kFeatureDims] = static_cast<int64_t>(features.size());
+  for (size_t d = 0; d < features.size(); ++d) slots[kFirstFeatureDim + d] = features[d];
+  slots[kSeed] = static_cast<int64_t>(local_key.seed);
+  slots[kOffset] = static_cast<int64_t>(local_key.offset);
+
+  const auto device = state_->activation.device();
+  const auto on_device = at::TensorOptions().dtype(at::kLong).device(device);
+  std::vector<at::Tensor> inputs{at::tensor(slots, at::kLong).to(device)};
+  std::vector<std::vector<at::Tensor>> outputs(1);
+  for (int r = 0; r < size(); ++r) outputs[0].push_back(at::empty({kSlots}, on_device));
+  state_->wait(state_->group->allgather(outputs, inputs), "exchanging the call descriptions");
+
+  const auto all = at::stack(outputs[0]).cpu().contiguous();
+  const int64_t* base = all.data_ptr<int64_t>();
+  for (int r = 0; r < size(); ++r) {
+    if (same_call(base + r * kSlots, slots.data())) continue;
+    std::ostringstream ranks;
+    for (int q = 0; q < size(); ++q) {
+      ranks << "\n  rank " << q << ": " << describe(base + q * kSlots)
+            << (q == rank() ? "  (this rank)" : "");
+    }
+    TORCH_CHECK(false, "graddrop: the ranks of process group '", state_->name,
+                "' called combine with different shapes or options (the activation here has "
+                "shape ",
+                shape_string(arguments.activation.sizes()), "):", ranks.str(),
+                "\nOnly the batch size may differ between ranks.");
+  }
+  return {static_cast<uint64_t>(base[kSeed]), static_cast<uint64_t>(base[kOffset])};
+}
+
+void GroupCall::sum(at::Tensor& values, const char* what) {
+  TORCH_INTERNAL_ASSERT(values.is_contiguous());
+  std::vector<at::Tensor> tensors{values};
+  c10d::AllreduceOptions options;
+  options.reduceOp = c10d::ReduceOp::SUM;
+  state_->wait(state_->group->allreduce(tensors, options), what);
+}
+
+std::string registered_group_name(const c10::intrusive_ptr<c10d::ProcessGroup>& group) {
+  TORCH_CHECK(group, "graddrop: the process group is null");
+  std::string name = group->getGroupName();
+  // A group made in C++ often has no name: it is registered under one made from its address
+  // (unique while registered, since the registry keeps the group alive).
+  if (name.empty()) name = "graddrop-group-" + std::to_string(group->getID());
+  c10::intrusive_ptr<c10d::ProcessGroup> registered;
+  try {
+    registered = c10d::resolve_process_group(name);
+  } catch (const c10::Error&) {
+    c10d::register_process_group(name, group);
+    return name;
+  }
+  TORCH_CHECK(registered.get() == group.get(), "graddrop: another process group is registered "
+              "under this group's name '", name, "'; give the group a unique name "
+              "(ProcessGroup::setGroupName)");
+  return name;
+}
+
+#else  // LibTorch without c10d's group registry (Debian's 1.13)
+
+struct GroupCall::State {};
+
+GroupCall::GroupCall(const std::string& group_name, const ops::CombineArguments&) {
+  TORCH_CHECK(false, "graddrop: group_name '", group_name,
+              "' needs data-parallel support, which this build of graddrop leaves out: the "
+              "LibTorch it was built against has no c10d process-group registry (LibTorch >= "
+              "2.2 has)");
+}
+GroupCall::~GroupCall() = default;
+CallKey GroupCall::agree(CallKey key) { return key; }
+void GroupCall::sum(at::Tensor&, const char*) {}
+int GroupCall::rank() const { return 0; }
+int GroupCall::size() const { return 1; }
+
+#endif
+
+}  // namespace distributed
+}  // namespace graddrop

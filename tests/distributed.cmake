@@ -1,0 +1,25 @@
+# Data-parallel tests (tests/distributed): Gloo groups over loopback, one thread per rank. Built
+# when the LibTorch in use has c10d's group registry (graddrop's GRADDROP_HAS_DISTRIBUTED) and
+# Gloo's headers are installed (Debian's libgloo-dev; the pip wheel ships Gloo's symbols but
+# not its headers). scripts/setup.sh installs libgloo-dev.
+find_path(GRADDROP_GLOO_INCLUDE_DIR gloo/config.h)
+if(EXISTS "${TORCH_INSTALL_PREFIX}/include/torch/csrc/distributed/c10d/GroupRegistry.hpp")
+  if(GRADDROP_GLOO_INCLUDE_DIR)
+    file(GLOB GRADDROP_DISTRIBUTED_TEST_SOURCES CONFIGURE_DEPENDS
+         ${CMAKE_CURRENT_SOURCE_DIR}/distributed/*.cpp)
+    add_executable(graddrop_distributed_tests ${GRADDROP_DISTRIBUTED_TEST_SOURCES})
+    target_link_libraries(graddrop_distributed_tests PRIVATE graddrop_test_support)
+    target_include_directories(graddrop_distributed_tests PRIVATE ${PROJECT_SOURCE_DIR}/src
+                                                                  ${GRADDROP_GLOO_INCLUDE_DIR})
+    # ProcessGroupGloo.hpp declares the class only with USE_C10D_GLOO.
+    target_compile_definitions(graddrop_distributed_tests PRIVATE USE_C10D_GLOO)
+    add_test(NAME distributed_tests COMMAND graddrop_distributed_tests)
+    set_tests_properties(distributed_tests PROPERTIES TIMEOUT 300)
+  else()
+    message(WARNING "graddrop: Gloo's headers (Debian's libgloo-dev) not found: the data-parallel "
+                    "tests are not built")
+  endif()
+else()
+  message(STATUS "graddrop: LibTorch ${Torch_VERSION} has no c10d group registry: data-parallel "
+                 "support and its tests are left out")
+endif()
