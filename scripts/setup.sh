@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything graddrop needs on a fresh Debian 12 machine:
 #   - Debian packages: compilers, CMake, GoogleTest, Google Benchmark, zlib, the
-#     Fashion-MNIST data set, gnuplot, and Debian's LibTorch 1.13 (the compatibility target);
+#     Fashion-MNIST data set, gnuplot, Gloo's headers (the data-parallel tests create Gloo
+#     groups; the pip wheel has Gloo's symbols but not its headers), and Debian's LibTorch 1.13
+#     (the compatibility target);
 #   - the primary LibTorch: PyPI's torch (pinned, CUDA-enabled) in the project-local
 #     virtual environment .venv, plus pytest, and scikit-build-core (the build backend of the
 #     graddrop Python package; it uses the system's CMake and Ninja).

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from graddrop._ops import (GradDropStatistics, KeepCallable, check_options,
-                           combine_with_statistics, purity_shape)
+                           combine_with_statistics, group_name_of, purity_shape)
 
 _ONE_HEAD_WARNING = (
     "GradDropFunction received the gradient of only one of its {n} heads. If the task losses "
@@ -46,7 +46,9 @@ class GradDropFunction(torch.autograd.Function):
         (activation,) = ctx.saved_tensors
         layer = ctx.layer
         defined = sum(grad is not None for grad in grads)
-        if defined == 0:
+        # With a process group the call is collective: a rank whose heads all had no loss this
+        # step still joins (its gradients count as zero), or the other ranks would wait for it.
+        if defined == 0 and layer.group_name is None:
             return None, None
         if defined == 1 and len(grads) > 1:
             _warn_one_head(len(grads))
@@ -55,7 +57,8 @@ class GradDropFunction(torch.autograd.Function):
             marginalize_batch=layer.marginalize_batch, keep_function=layer.keep_function,
             scale=layer.scale, zero_sign=layer.zero_sign, epsilon=layer.epsilon,
             keep_grad_norm=layer.keep_grad_norm, generator=layer.generator, seed=layer.seed,
-            offset=layer.offset, statistics=layer.record_statistics)
+            offset=layer.offset, statistics=layer.record_statistics,
+            group_name=layer.group_name)
         if layer.record_statistics:
             # An in-place copy into the layer's buffer, not a Python attribute: torch.compile
             # keeps a buffer mutation in the compiled backward.
@@ -122,8 +125,12 @@ class GradDropLayer(nn.Module):
         generator: draw from this ``torch.Generator`` instead of the device's default one.
         seed, offset: fix the Philox (seed, offset): every call then draws the same U, identical
             on CPU and CUDA. For tests; for reproducible training use ``torch.manual_seed``.
-        process_group: not supported yet (data-parallel GradDrop needs the operator's
-            ``group_name`` argument); must be ``None``.
+        process_group: a ``torch.distributed`` process group (e.g. ``dist.group.WORLD``) or its
+            ``group_name``: data-parallel GradDrop. In marginalised mode every rank then uses the
+            purity, draw and masks of the global batch (one all-reduce of the
+            ``[num_tasks, features]`` column sums per backward; rank 0's draw), as one process
+            would on the concatenated batch. Works under ``DistributedDataParallel``. Every rank
+            must run the backward. CPU tensors (Gloo) in this version.
     """
 
     def __init__(self, num_tasks: int = 2, *, leak: Optional[Sequence[float]] = None,
@@ -134,12 +141,6 @@ class GradDropLayer(nn.Module):
                  seed: Optional[int] = None, offset: int = 0,
                  process_group: Optional[Any] = None) -> None:
         super().__init__()
-        if process_group is not None:
-            raise NotImplementedError(
-                "graddrop.GradDropLayer: process_group (GradDrop across DistributedDataParallel "
-                "ranks) is not supported yet: it needs the operator's group_name argument, which "
-                "is not built. Leave process_group=None; each rank then applies GradDrop to its "
-                "local batch.")
         check_options(leak=leak, num_tasks=num_tasks, sign_source=sign_source,
                       keep_function=keep_function, scale=scale, zero_sign=zero_sign,
                       epsilon=epsilon, seed=seed, offset=offset)
@@ -158,7 +159,8 @@ class GradDropLayer(nn.Module):
         self.generator = generator
         self.seed = seed
         self.offset = int(offset)
-        self.process_group = process_group
+        # The name, not the group: the operator takes it, and torch.compile traces a string.
+        self.group_name = group_name_of(process_group)
         # [kept_0 .. kept_{n-1}, mean P, conflict] of the last backward; NaN before the first.
         # Not in the state dict: it is a log, not a parameter.
         self.register_buffer("statistics_buffer",

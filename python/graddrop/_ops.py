@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -78,6 +78,18 @@ def check_options(*, leak: Optional[Sequence[float]], num_tasks: int, sign_sourc
         raise ValueError(f"graddrop: offset ({offset}) is used only with an explicit seed")
 
 
+def group_name_of(process_group: Any) -> Optional[str]:
+    """The c10d registry name the operator takes: ``None`` stays ``None``, a string is a name
+    already, a ``torch.distributed`` group gives its ``group_name``."""
+    if process_group is None or isinstance(process_group, str):
+        return process_group
+    name = getattr(process_group, "group_name", None)
+    if not isinstance(name, str):
+        raise TypeError("graddrop: process_group must be a torch.distributed ProcessGroup (or its "
+                        f"group_name), got {type(process_group)}")
+    return name
+
+
 def purity(grads: Sequence[Optional[torch.Tensor]], activation: torch.Tensor, *,
            sign_source: str = "activation_sign", marginalize_batch: bool = True,
            epsilon: float = 1e-7) -> torch.Tensor:
@@ -112,7 +124,8 @@ def combine_with_statistics(
         scale: float = 1.0, zero_sign: str = "drop", epsilon: float = 1e-7,
         keep_grad_norm: bool = False, generator: Optional[torch.Generator] = None,
         uniform: Optional[torch.Tensor] = None, seed: Optional[int] = None, offset: int = 0,
-        statistics: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        statistics: bool = False, group_name: Optional[str] = None
+        ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One operator call (two with a callable keep function); returns the operator's
     ``(out, statistics tensor)``. Traceable by torch.compile."""
     grads = list(grads)
@@ -127,7 +140,8 @@ def combine_with_statistics(
         sign_source=sign_source, marginalize_batch=marginalize_batch, keep_function=keep_name,
         scale=float(scale), zero_sign=zero_sign, epsilon=float(epsilon),
         keep_grad_norm=keep_grad_norm, generator=generator, uniform=uniform,
-        keep_probability=keep_probability, seed=seed, offset=offset, statistics=statistics)
+        keep_probability=keep_probability, seed=seed, offset=offset, statistics=statistics,
+        group_name=group_name)
 
 
 def combine(grads: Sequence[Optional[torch.Tensor]], activation: torch.Tensor, *,
@@ -136,7 +150,7 @@ def combine(grads: Sequence[Optional[torch.Tensor]], activation: torch.Tensor, *
             scale: float = 1.0, zero_sign: str = "drop", epsilon: float = 1e-7,
             keep_grad_norm: bool = False, generator: Optional[torch.Generator] = None,
             uniform: Optional[torch.Tensor] = None, seed: Optional[int] = None, offset: int = 0,
-            statistics: bool = False
+            statistics: bool = False, process_group: Any = None
             ) -> Union[torch.Tensor, Tuple[torch.Tensor, GradDropStatistics]]:
     """GradDrop's combined gradient ``sum_i c_i * g_i`` for any set of per-task gradients
     (DESIGN.md section 1): activation gradients, or flattened parameter gradients with
@@ -152,6 +166,9 @@ def combine(grads: Sequence[Optional[torch.Tensor]], activation: torch.Tensor, *
         uniform: an explicit U of P's shape (:func:`purity_shape`) in [0, 1); no generator used.
         seed, offset: a fixed Philox (seed, offset): the same U on every call and device.
         statistics: also return a :class:`GradDropStatistics`.
+        process_group: a ``torch.distributed`` group (or its ``group_name``): data-parallel
+            GradDrop, P and the masks of the global batch (see :class:`GradDropLayer`). Every
+            rank of the group must make the call.
 
     Returns:
         the combined gradient (a new contiguous tensor of ``activation``'s dtype), or
@@ -164,7 +181,8 @@ def combine(grads: Sequence[Optional[torch.Tensor]], activation: torch.Tensor, *
         grads, activation, leak=leak, sign_source=sign_source,
         marginalize_batch=marginalize_batch, keep_function=keep_function, scale=scale,
         zero_sign=zero_sign, epsilon=epsilon, keep_grad_norm=keep_grad_norm,
-        generator=generator, uniform=uniform, seed=seed, offset=offset, statistics=statistics)
+        generator=generator, uniform=uniform, seed=seed, offset=offset, statistics=statistics,
+        group_name=group_name_of(process_group))
     if not statistics:
         return out
     return out, GradDropStatistics.from_tensor(
@@ -186,7 +204,7 @@ def register_fake_kernels() -> None:
                           marginalize_batch=True, keep_function="linear", scale=1.0,
                           zero_sign="drop", epsilon=1e-7, keep_grad_norm=False, generator=None,
                           uniform=None, keep_probability=None, seed=None, offset=0,
-                          statistics=False):
+                          statistics=False, group_name=None):
             torch._check(len(grads) >= 1,
                          lambda: "graddrop: grads must hold at least one task gradient, got 0")
             for task, grad in enumerate(grads):

@@ -69,7 +69,7 @@ def test_repr_matches_the_cpp_pretty_print():
     (dict(seed=-1), ValueError, r"seed must be in \[0, 2\*\*63\), got -1"),
     (dict(offset=4), ValueError, r"offset \(4\) is used only with an explicit seed"),
     (dict(generator=7), TypeError, r"generator must be a torch.Generator"),
-    (dict(process_group=object()), NotImplementedError, r"process_group .* not supported yet"),
+    (dict(process_group=object()), TypeError, r"process_group must be a torch.distributed"),
 ])
 def test_bad_options_are_refused_with_a_clear_error(kwargs, error, message):
     with pytest.raises(error, match=message):
