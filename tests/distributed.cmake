@@ -1,9 +1,7 @@
 # Data-parallel tests (tests/distributed): Gloo groups over loopback, one thread per rank. Built
-# when the LibTorch in use has c10d's group registry (graddrop's GRADDROP_HAS_DISTRIBUTED) and
-# Gloo's headers are installed (Debian's libgloo-dev; the pip wheel ships Gloo's symbols but
-# not its headers). scripts/setup.sh installs libgloo-dev.
-find_path(GRADDROP_GLOO_INCLUDE_DIR gloo/config.h)
-if(EXISTS "${TORCH_INSTALL_PREFIX}/include/torch/csrc/distributed/c10d/GroupRegistry.hpp")
+# with data-parallel support (GRADDROP_DISTRIBUTED, top-level CMakeLists.txt) when Gloo's headers
+# are installed (scripts/setup.sh installs Debian's libgloo-dev).
+if(GRADDROP_DISTRIBUTED)
   if(GRADDROP_GLOO_INCLUDE_DIR)
     file(GLOB GRADDROP_DISTRIBUTED_TEST_SOURCES CONFIGURE_DEPENDS
          ${CMAKE_CURRENT_SOURCE_DIR}/distributed/*.cpp)
@@ -19,7 +17,4 @@ if(EXISTS "${TORCH_INSTALL_PREFIX}/include/torch/csrc/distributed/c10d/GroupRegi
     message(WARNING "graddrop: Gloo's headers (Debian's libgloo-dev) not found: the data-parallel "
                     "tests are not built")
   endif()
-else()
-  message(STATUS "graddrop: LibTorch ${Torch_VERSION} has no c10d group registry: data-parallel "
-                 "support and its tests are left out")
 endif()

@@ -286,23 +286,27 @@ std::tuple<at::Tensor, at::Tensor> combine_cpu_in_group(CombineArguments argumen
   auto accumulators = ops::zero_accumulators(arguments);
   const PhiloxKey local_key =
       arguments.uniform.defined() ? PhiloxKey{0, 0} : draw_key(arguments, generator);
-  const auto agreed = group.agree({local_key.seed, local_key.offset});
-  // Per-element mode has no batch sum: each rank draws with its own key (README).
-  const PhiloxKey key =
-      arguments.marginalize_batch ? PhiloxKey{agreed.seed, agreed.offset} : local_key;
-  if (arguments.columns == 0) return ops::finish_combine(output, accumulators, arguments);
   prepare_output_pages(output);
-  KernelCall call(arguments, key, output);
+  KernelCall call(arguments, local_key, output);
   at::Tensor global_sums;
   if (arguments.marginalize_batch) {
-    global_sums = at::empty({arguments.num_tasks(), arguments.columns},
+    // This rank's column sums, then everyone's.
+    global_sums = at::zeros({arguments.num_tasks(), arguments.columns},
                             arguments.activation.options().dtype(arguments.opmath_type()));
-    call.params.column_sums_out = global_sums.data_ptr();
-    call.run(arguments, accumulators);
-    group.sum(global_sums, "summing the column sums of the task signals");
-    call.params.column_sums_out = nullptr;
-    call.params.column_sums_in = global_sums.data_ptr();
+    if (arguments.columns > 0) {
+      call.params.column_sums_out = global_sums.data_ptr();
+      call.run(arguments, accumulators);
+      call.params.column_sums_out = nullptr;
+    }
   }
+  const auto agreed = group.exchange({local_key.seed, local_key.offset}, global_sums);
+  if (arguments.columns == 0) return ops::finish_combine(output, accumulators, arguments);
+  if (arguments.marginalize_batch) {
+    call.params.column_sums_in = global_sums.data_ptr();
+    call.params.seed = agreed.seed;
+    call.params.offset = agreed.offset;
+  }
+  // Per-element mode has no batch sum: each rank draws with its own key (README).
   call.run(arguments, accumulators);
   if (arguments.keep_grad_norm) {
     const int64_t n = arguments.num_tasks();

@@ -4,7 +4,9 @@
 // serves.
 #include "distributed/group_call.h"
 
+#include <mutex>
 #include <sstream>
+#include <unordered_map>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -69,14 +71,51 @@ std::string describe(const int64_t* slots) {
   return text.str();
 }
 
+// The slots every rank must agree on: all but the batch size and the key.
+bool agreed_slot(int64_t slot) { return slot < kRows || (slot >= kFeatureDims && slot < kSeed); }
+
 bool same_call(const int64_t* a, const int64_t* b) {
-  for (int64_t slot = 0; slot < kRows; ++slot) {
-    if (a[slot] != b[slot]) return false;
-  }
-  for (int64_t slot = kFeatureDims; slot < kSeed; ++slot) {
-    if (a[slot] != b[slot]) return false;
+  for (int64_t slot = 0; slot < kSeed; ++slot) {
+    if (agreed_slot(slot) && a[slot] != b[slot]) return false;
   }
   return true;
+}
+
+// FNV-1a over the agreed slots: what the steady-state all-reduce compares.
+uint64_t call_hash(const int64_t* slots) {
+  uint64_t hash = 14695981039346656037ull;
+  for (int64_t slot = 0; slot < kSeed; ++slot) {
+    if (!agreed_slot(slot)) continue;
+    const auto value = static_cast<uint64_t>(slots[slot]);
+    for (int byte = 0; byte < 8; ++byte) {
+      hash ^= (value >> (8 * byte)) & 0xffu;
+      hash *= 1099511628211ull;
+    }
+  }
+  return hash;
+}
+
+// The check slots after the column sums in the steady-state all-reduce. Every value is a small
+// integer, exact in float32 summed over up to 2^24 / 225 ranks:
+//   [0]            1 if this rank's sums have the agreed size and dtype, else 0 (sum = ranks?)
+//   [1, 33)        the call hash in 4-bit pieces p and their squares p^2: every rank has the
+//                  same hash exactly when sum p = ranks * p and sum p^2 = ranks * p^2 hold on
+//                  every rank (zero variance), so every rank reaches the same verdict
+//   [33, 41)       rank 0's seed and offset in 16-bit pieces (0 from the other ranks)
+constexpr int64_t kHashPieces = 16;
+constexpr int64_t kKeyPieces = 8;
+constexpr int64_t kCheckSlots = 1 + 2 * kHashPieces + kKeyPieces;
+
+// What the ranks of a group last agreed on (the size and dtype of the steady-state all-reduce),
+// per group name in this process. Every rank updates it at the same calls, from agreed values.
+struct Agreement {
+  int64_t sums_size = 0;
+  at::ScalarType dtype = at::kFloat;
+};
+std::mutex agreements_mutex;
+std::unordered_map<std::string, Agreement>& agreements() {
+  static std::unordered_map<std::string, Agreement> map;
+  return map;
 }
 
 }  // namespace
@@ -142,14 +181,13 @@ GroupCall::~GroupCall() = default;
 int GroupCall::rank() const { return state_->group->getRank(); }
 int GroupCall::size() const { return state_->group->getSize(); }
 
-CallKey GroupCall::agree(CallKey local_key) {
+void GroupCall::describe_into(std::vector<int64_t>& slots, CallKey local_key) const {
   const auto& arguments = *state_->arguments;
   const auto features = feature_shape(arguments);
   TORCH_CHECK(static_cast<int64_t>(features.size()) <= kMaxFeatureDims,
               "graddrop: with a process group the activation may have at most ",
               kMaxFeatureDims, " feature dimensions, got shape ",
               shape_string(arguments.activation.sizes()));
-  std::vector<int64_t> slots(kSlots, 0);
   slots[kMagic] = kMagicValue;
   slots[kTasks] = arguments.num_tasks();
   slots[kDtype] = static_cast<int64_t>(arguments.activation.scalar_type());
@@ -163,7 +201,12 @@ CallKey GroupCall::agree(CallKey local_key) {
   for (size_t d = 0; d < features.size(); ++d) slots[kFirstFeatureDim + d] = features[d];
   slots[kSeed] = static_cast<int64_t>(local_key.seed);
   slots[kOffset] = static_cast<int64_t>(local_key.offset);
+}
 
+CallKey GroupCall::agree(CallKey local_key) {
+  const auto& arguments = *state_->arguments;
+  std::vector<int64_t> slots(kSlots, 0);
+  describe_into(slots, local_key);
   const auto device = state_->activation.device();
   const auto on_device = at::TensorOptions().dtype(at::kLong).device(device);
   std::vector<at::Tensor> inputs{at::tensor(slots, at::kLong).to(device)};
@@ -187,6 +230,77 @@ CallKey GroupCall::agree(CallKey local_key) {
                 "\nOnly the batch size may differ between ranks.");
   }
   return {static_cast<uint64_t>(base[kSeed]), static_cast<uint64_t>(base[kOffset])};
+}
+
+CallKey GroupCall::exchange(CallKey local_key, const at::Tensor& column_sums) {
+  const auto& arguments = *state_->arguments;
+  const int64_t sums_size = column_sums.defined() ? column_sums.numel() : 0;
+  const auto dtype = arguments.opmath_type();
+  optional<Agreement> agreed;
+  {
+    std::lock_guard<std::mutex> lock(agreements_mutex);
+    const auto found = agreements().find(state_->name);
+    if (found != agreements().end()) agreed = found->second;
+  }
+  if (agreed.has_value()) {
+    // The steady state: one all-reduce of the sums and the check slots, of the agreed size.
+    const bool fits = sums_size == agreed->sums_size && dtype == agreed->dtype;
+    auto buffer = at::zeros({agreed->sums_size + kCheckSlots},
+                            state_->activation.options().dtype(agreed->dtype));
+    if (fits && sums_size > 0) buffer.narrow(0, 0, sums_size).copy_(column_sums.view({-1}));
+    std::vector<int64_t> slots(kSlots, 0);
+    describe_into(slots, local_key);
+    const uint64_t hash = call_hash(slots.data());
+    std::vector<double> checks(kCheckSlots, 0.0);
+    checks[0] = fits ? 1.0 : 0.0;
+    for (int64_t piece = 0; piece < kHashPieces; ++piece) {
+      const double value = static_cast<double>((hash >> (4 * piece)) & 0xfu);
+      checks[1 + piece] = value;
+      checks[1 + kHashPieces + piece] = value * value;
+    }
+    if (rank() == 0) {
+      for (int64_t piece = 0; piece < 4; ++piece) {
+        checks[1 + 2 * kHashPieces + piece] =
+            static_cast<double>((local_key.seed >> (16 * piece)) & 0xffffu);
+        checks[1 + 2 * kHashPieces + 4 + piece] =
+            static_cast<double>((local_key.offset >> (16 * piece)) & 0xffffu);
+      }
+    }
+    buffer.narrow(0, agreed->sums_size, kCheckSlots)
+        .copy_(at::tensor(checks, at::kDouble).to(buffer.options()));
+    sum(buffer, "summing the column sums of the task signals");
+    const auto reduced =
+        buffer.narrow(0, agreed->sums_size, kCheckSlots).to(at::kCPU, at::kDouble).contiguous();
+    const double* total = reduced.data_ptr<double>();
+    const double ranks = static_cast<double>(size());
+    bool same = total[0] == ranks;
+    for (int64_t piece = 0; piece < kHashPieces; ++piece) {
+      same = same && total[1 + piece] == ranks * checks[1 + piece] &&
+             total[1 + kHashPieces + piece] == ranks * checks[1 + kHashPieces + piece];
+    }
+    if (same) {
+      if (sums_size > 0) column_sums.view({-1}).copy_(buffer.narrow(0, 0, sums_size));
+      CallKey key;
+      for (int64_t piece = 0; piece < 4; ++piece) {
+        key.seed |= static_cast<uint64_t>(total[1 + 2 * kHashPieces + piece]) << (16 * piece);
+        key.offset |= static_cast<uint64_t>(total[1 + 2 * kHashPieces + 4 + piece])
+                      << (16 * piece);
+      }
+      return key;
+    }
+    // Every rank saw the same totals, so every rank comes here: the full exchange explains
+    // the difference, or agrees on the new call (every rank changed its shape alike).
+  }
+  const auto key = agree(local_key);
+  {
+    std::lock_guard<std::mutex> lock(agreements_mutex);
+    agreements()[state_->name] = Agreement{sums_size, dtype};
+  }
+  if (sums_size > 0) {
+    auto sums = column_sums;
+    sum(sums, "summing the column sums of the task signals");
+  }
+  return key;
 }
 
 void GroupCall::sum(at::Tensor& values, const char* what) {
@@ -227,7 +341,7 @@ GroupCall::GroupCall(const std::string& group_name, const ops::CombineArguments&
               "2.2 has)");
 }
 GroupCall::~GroupCall() = default;
-CallKey GroupCall::agree(CallKey key) { return key; }
+CallKey GroupCall::exchange(CallKey key, const at::Tensor&) { return key; }
 void GroupCall::sum(at::Tensor&, const char*) {}
 int GroupCall::rank() const { return 0; }
 int GroupCall::size() const { return 1; }

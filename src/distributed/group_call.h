@@ -1,19 +1,24 @@
 #pragma once
 // Global batch marginalisation: what one combine call exchanges with the other ranks of a c10d
 // process group. Every device's kernel runs the same protocol (README, "Data-parallel"):
-//   1. agree(): every rank sends a description of its call (task count, dtype, P's shape,
-//      options, its Philox key); all must agree, and rank 0's key becomes everyone's key, so
-//      every rank draws the same U;
-//   2. sum() of the local [num_tasks, F] column sums of the signals G_i: P and the signs of the
-//      G_i are then those of the global batch, identical on every rank;
-//   3. with keep_grad_norm, sum() of the two squared norms.
-// Collective failures (a rank that never joins, a timeout, a closed connection) come back as a
-// c10::Error naming the group, the step and the shape, within the group's own timeout.
+//   1. exchange(): the local [num_tasks, F] column sums of the signals G_i are summed over the
+//      ranks (P and the signs of the G_i are then those of the global batch, identical on every
+//      rank), and rank 0's Philox key becomes everyone's (every rank draws the same U). The
+//      ranks must agree on the call (task count, dtype, feature shape, options): the first call
+//      on a group all-gathers every rank's description and checks it; later calls carry a hash
+//      of it inside the one all-reduce of the sums, and go back to the full exchange when the
+//      hashes or the sizes differ. One collective per call in the steady state.
+//   2. with keep_grad_norm, sum() of the two squared norms.
+// A collective whose size differs between ranks would abort the process inside Gloo, so the
+// all-reduce always has the size all ranks last agreed on. Collective failures (a rank that
+// never joins, a timeout, a closed connection) come back as a c10::Error naming the group, the
+// step and the shape, within the group's own timeout.
 //
 // This header names no c10d type, so the CUDA sources can include it.
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -35,9 +40,11 @@ class GroupCall {
   GroupCall(const std::string& group_name, const ops::CombineArguments& arguments);
   ~GroupCall();
 
-  // Step 1: exchanges the call descriptions; throws unless every rank agrees; returns rank 0's
-  // key (each rank passes its own, drawn as without a group, so generators advance alike).
-  CallKey agree(CallKey local_key);
+  // Step 1: sums `column_sums` ([num_tasks, F] in op-math, contiguous; undefined in per-element
+  // mode) over the ranks in place and returns rank 0's key (each rank passes its own, drawn as
+  // without a group, so the generators advance alike). Throws unless every rank made the same
+  // call (only the batch size may differ).
+  CallKey exchange(CallKey local_key, const at::Tensor& column_sums);
 
   // Sums `values` (contiguous, on the activation's device) over the ranks, in place.
   void sum(at::Tensor& values, const char* what);
@@ -46,6 +53,11 @@ class GroupCall {
   int size() const;
 
  private:
+  // The full exchange: all-gathers the call descriptions, checks them, returns rank 0's key.
+  CallKey agree(CallKey local_key);
+  // This call's description (the int64 slots of group_call.cpp) with `local_key`.
+  void describe_into(std::vector<int64_t>& slots, CallKey local_key) const;
+
   struct State;
   std::unique_ptr<State> state_;
 };

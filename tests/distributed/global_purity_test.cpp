@@ -319,6 +319,57 @@ TEST_P(GlobalPurity, MismatchedFeatureShapesFailOnEveryRankNamingGroupAndShapes)
   }
 }
 
+// After the first call, each call is one all-reduce carrying a hash of the call: a later
+// mismatch must still be caught on every rank with both shapes named, and a change of shape made
+// by every rank alike must simply work.
+TEST_P(GlobalPurity, LaterCallsCheckTheirShapesToo) {
+  const int size = GetParam();
+  auto generator = testing::seeded_generator(600 + size);
+  std::vector<int64_t> rows(static_cast<size_t>(size), 3);
+  const auto first = make_batch(rows, {8}, 2, at::kDouble, generator);
+  const auto resized = make_batch(rows, {5}, 2, at::kDouble, generator);
+  std::vector<std::vector<at::Tensor>> outputs(static_cast<size_t>(size));
+  std::vector<std::string> messages(static_cast<size_t>(size));
+  const uint64_t seed = testing::test_seed() ^ 0x1a7u;
+  testing::run_ranks(size, [&](const RankContext& context) {
+    auto options = GradDropOptions(2).process_group(context.group);
+    auto& mine = outputs[static_cast<size_t>(context.rank)];
+    for (const auto* batch : {&first, &first, &resized, &first}) {
+      options.seed(seed_of_rank(seed, context.rank) + mine.size());
+      mine.push_back(combine(batch->local_grads(context.rank),
+                             batch->rows_of(batch->activation, context.rank), options));
+    }
+    // Now the last rank alone changes its feature count.
+    const int64_t features = context.rank == size - 1 ? 6 : 8;
+    const auto activation = at::randn({4, features}, at::kDouble);
+    try {
+      combine({at::randn_like(activation), at::randn_like(activation)}, activation, options);
+    } catch (const c10::Error& error) {
+      messages[static_cast<size_t>(context.rank)] = error.what_without_backtrace();
+    }
+  });
+  int call = 0;
+  for (const auto* batch : {&first, &first, &resized, &first}) {
+    const auto options = GradDropOptions(2);
+    const auto uniform = testing::philox_uniform_tensor(purity_shape(batch->activation, options),
+                                                        seed + static_cast<uint64_t>(call), 0);
+    const auto expected = reference::combine(batch->grads, batch->activation, options, uniform);
+    for (int rank = 0; rank < size; ++rank) {
+      EXPECT_LE(max_difference(outputs[static_cast<size_t>(rank)][static_cast<size_t>(call)],
+                               batch->rows_of(expected.output, rank)),
+                1e-12)
+          << "call " << call << ", rank " << rank;
+    }
+    ++call;
+  }
+  for (int rank = 0; rank < size; ++rank) {
+    const auto& message = messages[static_cast<size_t>(rank)];
+    SCOPED_TRACE(message);
+    EXPECT_NE(message.find("features [8]"), std::string::npos);
+    EXPECT_NE(message.find("features [6]"), std::string::npos);
+  }
+}
+
 TEST(GlobalPurityFailure, ARankThatSkipsTheLayerEndsWithAnErrorWithinTheTimeout) {
   const auto timeout = std::chrono::milliseconds(1500);
   std::string message;
