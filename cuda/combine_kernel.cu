@@ -2,6 +2,7 @@
 // reservation from the CUDA generator, the launch of the per-element or the marginalised
 // kernels (per_element_launch.cu, marginalized_launch.cu), and the work shared after.
 #include <mutex>
+#include <string>
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -12,6 +13,7 @@
 
 #include "combine_common.cuh"
 #include "combine_launch.h"
+#include "distributed/group_call.h"
 #include "ops/combine_op.h"
 
 namespace graddrop {
@@ -52,6 +54,67 @@ __global__ void __launch_bounds__(cuda_kernels::kThreads)
   if (threadIdx.x == 0) result[slot] = total;
 }
 
+// accumulators += the ordered sum of the kernels' partial rows (when there are any).
+void add_partial_rows(const at::Tensor& partial_rows, const at::Tensor& accumulators) {
+  if (!partial_rows.defined() || partial_rows.size(0) == 0) return;
+  const int width = static_cast<int>(accumulators.numel());
+  sum_rows_in_order_kernel<<<static_cast<unsigned>(width), cuda_kernels::kThreads, 0,
+                             at::cuda::getCurrentCUDAStream()>>>(
+      partial_rows.data_ptr<double>(), partial_rows.size(0), width,
+      accumulators.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// combine with a process group (src/distributed/group_call.h), as on the CPU: this rank's
+// canonical column sums, summed over the ranks with rank 0's key, then the combine with them.
+std::tuple<at::Tensor, at::Tensor> combine_cuda_in_group(ops::CombineArguments arguments,
+                                                         const std::string& group_name,
+                                                         optional<at::Generator> generator) {
+  distributed::GroupCall group(group_name, arguments);
+  distributed::materialise_zero_grads(arguments);
+  const c10::cuda::CUDAGuard device_guard(arguments.activation.device());
+  auto output = at::empty_like(arguments.activation);
+  const auto local = reserve_draw(arguments, std::move(generator));
+  TORCH_CHECK(!local.philox.captured_,
+              "graddrop: a combine with a process group (group '", group_name,
+              "') cannot be captured in a CUDA graph: it exchanges values with the other ranks");
+  const distributed::CallKey local_key{
+      local.philox.seed_.val,
+      local.generator_offset ? local.philox.offset_.val / 4 : local.philox.offset_.val};
+  at::Tensor sums;
+  if (arguments.marginalize_batch) {
+    sums = at::zeros({arguments.num_tasks(), arguments.columns},
+                     arguments.activation.options().dtype(arguments.opmath_type()));
+    if (arguments.rows > 0 && arguments.columns > 0) {
+      cuda_kernels::launch_marginalized_column_sums(arguments, sums);
+    }
+  }
+  const auto agreed = group.exchange(local_key, sums);
+  at::Tensor partial_rows;
+  if (arguments.columns > 0) {
+    if (arguments.marginalize_batch) {
+      // An explicit U stays as given; otherwise rank 0's key, as an explicit (seed, offset).
+      const cuda_kernels::DrawKey key =
+          arguments.uniform.defined()
+              ? local
+              : cuda_kernels::DrawKey{at::PhiloxCudaState(agreed.seed, agreed.offset), false};
+      partial_rows = cuda_kernels::launch_marginalized_given_sums(arguments, key, output, sums);
+    } else {
+      // Per-element mode has no batch sum: each rank draws with its own key (README).
+      partial_rows = cuda_kernels::launch_per_element(arguments, local, output);
+    }
+  }
+  auto accumulators = ops::zero_accumulators(arguments);
+  if (accumulators.defined()) add_partial_rows(partial_rows, accumulators);
+  if (arguments.keep_grad_norm) {
+    const int64_t n = arguments.num_tasks();
+    auto norms = accumulators.narrow(0, ops::output_square_slot(n), 2).clone();
+    group.sum(norms, "summing the squared norms for keep_grad_norm");
+    accumulators.narrow(0, ops::output_square_slot(n), 2).copy_(norms);
+  }
+  return ops::finish_combine(output, accumulators, arguments);
+}
+
 std::tuple<at::Tensor, at::Tensor> combine_cuda(
     const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
     c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
@@ -59,12 +122,13 @@ std::tuple<at::Tensor, at::Tensor> combine_cuda(
     bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
     const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
     bool statistics, optional<c10::string_view> group_name) {
-  const auto arguments = ops::prepare_combine(
+  auto arguments = ops::prepare_combine(
       activation, grads, leak, sign_source, marginalize_batch, keep_function, scale, zero_sign,
       epsilon, keep_grad_norm, uniform, keep_probability, seed, offset, statistics);
-  TORCH_CHECK(!group_name.has_value(), "graddrop: data-parallel combine (group_name '",
-              group_name.value_or(""), "') takes CPU tensors in this version; CUDA tensors are "
-              "not supported yet");
+  if (group_name.has_value()) {
+    return combine_cuda_in_group(std::move(arguments), std::string(*group_name),
+                                 std::move(generator));
+  }
   const c10::cuda::CUDAGuard device_guard(arguments.activation.device());
   auto output = at::empty_like(arguments.activation);
   const auto key = reserve_draw(arguments, std::move(generator));
@@ -76,14 +140,7 @@ std::tuple<at::Tensor, at::Tensor> combine_cuda(
                        : cuda_kernels::launch_per_element(arguments, key, output);
   }
   auto accumulators = ops::zero_accumulators(arguments);
-  if (partial_rows.defined() && partial_rows.size(0) > 0) {
-    const int width = static_cast<int>(accumulators.numel());
-    sum_rows_in_order_kernel<<<static_cast<unsigned>(width), cuda_kernels::kThreads, 0,
-                               at::cuda::getCurrentCUDAStream()>>>(
-        partial_rows.data_ptr<double>(), partial_rows.size(0), width,
-        accumulators.data_ptr<double>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  if (accumulators.defined()) add_partial_rows(partial_rows, accumulators);
   return ops::finish_combine(output, accumulators, arguments);
 }
 

@@ -26,5 +26,15 @@ at::Tensor launch_per_element(const ops::CombineArguments& arguments, const Draw
 at::Tensor launch_marginalized(const ops::CombineArguments& arguments, const DrawKey& key,
                                const at::Tensor& output);
 
+// Data-parallel calls (src/distributed), marginalised mode, every gradient defined:
+// the canonical column sums of this rank's rows into `sums` ([num_tasks, columns], op-math);
+void launch_marginalized_column_sums(const ops::CombineArguments& arguments,
+                                     const at::Tensor& sums);
+// and the combine with the column sums given (the global ones), returning partial rows as
+// launch_marginalized does.
+at::Tensor launch_marginalized_given_sums(const ops::CombineArguments& arguments,
+                                          const DrawKey& key, const at::Tensor& output,
+                                          const at::Tensor& sums);
+
 }  // namespace cuda_kernels
 }  // namespace graddrop

@@ -23,6 +23,12 @@
 //             are long for their width, where too few strips would fill the GPU.
 //   kApply    one block per (strip, part): pass 2 from the finalised coefficients, tiles in the
 //             reverse of kPartial's order so the tiles it read last are still in L2.
+// And two for data-parallel calls (src/distributed), whose column sums are summed over the ranks
+// between pass 1 and the rest:
+//   kColumnSums  as kPartial, but the last block of a strip writes the strip's column sums
+//                (to `coefficients`, [num_tasks][columns]) and stops;
+//   kGivenSums   one block per strip, all rows: the column sums read from `coefficients`
+//                instead of pass 1, then finalise and pass 2 as kFused (without the cache).
 // Every sum has an order fixed by the call alone, so results do not depend on the grid.
 #include "combine_common.cuh"
 
@@ -36,6 +42,8 @@ enum class MarginalizedPhase : int32_t {
   kFused = 0,
   kPartial = 1,
   kApply = 2,
+  kColumnSums = 3,
+  kGivenSums = 4,
 };
 
 template <typename scalar_t, typename opmath_t, class Tasks>
@@ -57,6 +65,7 @@ struct MarginalizedParams {
   opmath_t* chunk_sums;     // kPartial: [chunks][num_tasks][columns]
   unsigned int* arrivals;   // kPartial: [strips] blocks done, zeroed before the launch
   opmath_t* coefficients;   // written by kPartial, read by kApply: [num_tasks][columns]
+                            // (kColumnSums writes, kGivenSums reads the column sums there)
   // kStatistics: [groups] purity rows (kept, sum of P, conflicts), then [chunks][groups] output
   // rows (sum out^2, sum (sum_i g_i)^2), each ops::accumulator_size wide, zeroed.
   double* statistics;
@@ -314,7 +323,15 @@ __global__ void __launch_bounds__(kMaxMarginalizedThreads)
     return cache + ((iteration * n + task) * at.threads + at.tid) * 4;
   };
 
-  if (p.phase != MarginalizedPhase::kApply) {
+  if (p.phase == MarginalizedPhase::kGivenSums) {
+    for (int index = at.tid; index < n * width; index += at.threads) {
+      const int64_t target = at.strip_first + index % width;
+      column_values[index] =
+          target < p.columns ? p.coefficients[(index / width) * p.columns + target] : opmath_t(0);
+    }
+    __syncthreads();
+    finalize_strip<kStatistics>(p, at, column_values, statistics_scratch, kept_scratch);
+  } else if (p.phase != MarginalizedPhase::kApply) {
     for (int index = at.tid; index < n * width; index += at.threads) column_values[index] = 0;
     __syncthreads();
 
@@ -401,7 +418,7 @@ __global__ void __launch_bounds__(kMaxMarginalizedThreads)
       }
     }
 
-    if (p.phase == MarginalizedPhase::kPartial) {
+    if (p.phase == MarginalizedPhase::kPartial || p.phase == MarginalizedPhase::kColumnSums) {
       // The last block of the strip to arrive adds every chunk, in order (fence before arrival).
       __threadfence();
       __syncthreads();
@@ -420,6 +437,15 @@ __global__ void __launch_bounds__(kMaxMarginalizedThreads)
         column_values[index] = total;
       }
       __syncthreads();
+    }
+    if (p.phase == MarginalizedPhase::kColumnSums) {
+      for (int index = at.tid; index < n * width; index += at.threads) {
+        const int64_t target = at.strip_first + index % width;
+        if (target < p.columns) {
+          p.coefficients[(index / width) * p.columns + target] = column_values[index];
+        }
+      }
+      return;
     }
 
     finalize_strip<kStatistics>(p, at, column_values, statistics_scratch, kept_scratch);

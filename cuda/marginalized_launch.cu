@@ -167,7 +167,108 @@ at::Tensor launch_marginalized_with(const ops::CombineArguments& arguments, cons
   return statistics;
 }
 
+// The data-parallel phases: kColumnSums on the split grid (sums written, no output), or
+// kGivenSums with one block per strip over all rows. Neither keeps gradients in shared memory.
+template <typename scalar_t, typename opmath_t, class Tasks, bool kStatistics>
+at::Tensor launch_data_parallel_with(const ops::CombineArguments& arguments, const DrawKey& key,
+                                     const at::Tensor& output, const at::Tensor& sums,
+                                     MarginalizedPhase phase, const Tasks& tasks) {
+  const auto kernel = combine_marginalized_kernel<scalar_t, opmath_t, Tasks, kStatistics>;
+  const int64_t n = arguments.num_tasks();
+  auto plan = plan_marginalized(arguments, Tasks::kChunk, sizeof(scalar_t), sizeof(opmath_t));
+  plan.shared_bytes = marginalized_layout(static_cast<int>(n), Tasks::kChunk, plan.width,
+                                          sizeof(opmath_t), kStatistics, 0)
+                          .total;
+  allow_shared_memory(kernel, plan.shared_bytes);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto on_device = arguments.activation.options();
+  const int64_t chunks = row_chunks_of(arguments.rows);
+  const int64_t groups = statistics_groups_of(arguments.columns);
+  const bool given = phase == MarginalizedPhase::kGivenSums;
+  const at::Tensor statistics =
+      given ? statistics_rows(arguments, groups + chunks * groups) : at::Tensor();
+  const unsigned threads = static_cast<unsigned>(2 * plan.width);
+
+  MarginalizedParams<scalar_t, opmath_t, Tasks> params{};
+  params.activation = arguments.activation.data_ptr<scalar_t>();
+  params.output = given ? output.data_ptr<scalar_t>() : nullptr;
+  params.tasks = tasks;
+  params.num_tasks = static_cast<int>(n);
+  params.keep_probability = keep_probability_of<opmath_t>(arguments);
+  params.random = random_source_of<opmath_t>(arguments, key);
+  params.math = math_settings_of<opmath_t>(arguments);
+  params.rows = arguments.rows;
+  params.columns = arguments.columns;
+  params.strip_width = plan.width;
+  params.vectorized = arguments.columns % 4 == 0 &&
+                      all_aligned(arguments, given ? output : arguments.activation,
+                                  vector_alignment<scalar_t, 4>());
+  params.cache = false;
+  params.phase = phase;
+  params.coefficients = sums.data_ptr<opmath_t>();
+  params.statistics = statistics.defined() ? statistics.data_ptr<double>() : nullptr;
+
+  if (given) {
+    params.chunks_per_part = std::max<int64_t>(chunks, 1);
+    kernel<<<dim3(static_cast<unsigned>(plan.strips), 1), threads,
+             static_cast<size_t>(plan.shared_bytes), stream>>>(params);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return statistics;
+  }
+  // The split grid of kPartial, also when the plan would have fused: every part's chunk sums go
+  // to the workspace and the strip's last block adds them in chunk order.
+  if (plan.fused) {
+    plan.parts = 1;
+    plan.chunks_per_part = std::max<int64_t>(chunks, 1);
+  }
+  const at::Tensor chunk_sums = at::empty(
+      {chunks, n, arguments.columns}, on_device.dtype(c10::CppTypeToScalarType<opmath_t>::value));
+  const at::Tensor arrivals = at::zeros({plan.strips}, on_device.dtype(at::kInt));
+  params.chunks_per_part = plan.chunks_per_part;
+  params.chunk_sums = chunk_sums.data_ptr<opmath_t>();
+  params.arrivals = reinterpret_cast<unsigned int*>(arrivals.data_ptr<int>());
+  const dim3 grid(static_cast<unsigned>(plan.strips), static_cast<unsigned>(plan.parts));
+  kernel<<<grid, threads, static_cast<size_t>(plan.shared_bytes), stream>>>(params);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return at::Tensor();
+}
+
+template <typename Launch>
+at::Tensor dispatch_data_parallel(const ops::CombineArguments& arguments, const Launch& launch) {
+  at::Tensor statistics;
+  dispatch_combine(arguments, [&](auto scalar, const auto& tasks, auto with_statistics) {
+    using scalar_t = decltype(scalar);
+    using Tasks = std::decay_t<decltype(tasks)>;
+    statistics = launch(scalar, tasks, with_statistics);
+  });
+  return statistics;
+}
+
 }  // namespace
+
+void launch_marginalized_column_sums(const ops::CombineArguments& arguments,
+                                     const at::Tensor& sums) {
+  dispatch_data_parallel(arguments, [&](auto scalar, const auto& tasks, auto with_statistics) {
+    using scalar_t = decltype(scalar);
+    using Tasks = std::decay_t<decltype(tasks)>;
+    return launch_data_parallel_with<scalar_t, at::opmath_type<scalar_t>, Tasks,
+                                     decltype(with_statistics)::value>(
+        arguments, DrawKey{}, at::Tensor(), sums, MarginalizedPhase::kColumnSums, tasks);
+  });
+}
+
+at::Tensor launch_marginalized_given_sums(const ops::CombineArguments& arguments,
+                                          const DrawKey& key, const at::Tensor& output,
+                                          const at::Tensor& sums) {
+  return dispatch_data_parallel(arguments, [&](auto scalar, const auto& tasks,
+                                               auto with_statistics) {
+    using scalar_t = decltype(scalar);
+    using Tasks = std::decay_t<decltype(tasks)>;
+    return launch_data_parallel_with<scalar_t, at::opmath_type<scalar_t>, Tasks,
+                                     decltype(with_statistics)::value>(
+        arguments, key, output, sums, MarginalizedPhase::kGivenSums, tasks);
+  });
+}
 
 at::Tensor launch_marginalized(const ops::CombineArguments& arguments, const DrawKey& key,
                                const at::Tensor& output) {

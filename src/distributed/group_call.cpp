@@ -22,6 +22,15 @@
 
 namespace graddrop {
 namespace distributed {
+
+void materialise_zero_grads(ops::CombineArguments& arguments) {
+  for (auto& grad : arguments.grads) {
+    if (!grad.defined()) grad = at::zeros_like(arguments.activation);
+  }
+}
+
+#if GRADDROP_HAS_DISTRIBUTED
+
 namespace {
 
 std::string shape_string(at::IntArrayRef sizes) {
@@ -119,14 +128,6 @@ std::unordered_map<std::string, Agreement>& agreements() {
 }
 
 }  // namespace
-
-void materialise_zero_grads(ops::CombineArguments& arguments) {
-  for (auto& grad : arguments.grads) {
-    if (!grad.defined()) grad = at::zeros_like(arguments.activation);
-  }
-}
-
-#if GRADDROP_HAS_DISTRIBUTED
 
 struct GroupCall::State {
   std::string name;

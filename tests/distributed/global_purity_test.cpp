@@ -11,6 +11,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include "gloo_ranks.h"
@@ -418,6 +419,67 @@ TEST(GlobalPurityFailure, AnUnknownGroupNameIsRefusedByTheOperator) {
       {"group_name 'no-such-group'", "registry"}));
   EXPECT_TRUE(at::equal(activation, before));
 }
+
+// CUDA tensors (every rank on cuda:0, Gloo): the same protocol with the CUDA kernels' column-sum
+// and given-sums phases. The column sums follow the canonical order on both devices, so the
+// result equals the CPU's data-parallel result bit for bit (keep_grad_norm: to the last bits),
+// and the float64 reference.
+class GlobalPurityCuda : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+TEST_P(GlobalPurityCuda, EqualsTheCpuDataParallelResultAndTheReference) {
+  const int size = GetParam();
+  auto generator = testing::seeded_generator(700 + size);
+  for (const auto dtype : {at::kFloat, at::kDouble, at::kBFloat16}) {
+    for (const auto& c : marginalised_cases(3)) {
+      std::vector<int64_t> rows{700, 0, 45};  // more than one chunk of rows, and an empty rank
+      rows.resize(static_cast<size_t>(size));
+      const auto batch = make_batch(rows, {37}, 3, dtype, generator);
+      const uint64_t seed = testing::test_seed() ^ 0xc0dau;
+      std::vector<at::Tensor> on_cpu(static_cast<size_t>(size)), on_gpu(static_cast<size_t>(size));
+      std::vector<GradDropStatistics> cpu_statistics(static_cast<size_t>(size)),
+          gpu_statistics(static_cast<size_t>(size));
+      testing::run_ranks(size, [&](const RankContext& context) {
+        auto options = c.options;
+        options.process_group(context.group).seed(seed_of_rank(seed, context.rank));
+        const auto r = static_cast<size_t>(context.rank);
+        const auto activation = batch.rows_of(batch.activation, context.rank);
+        const auto grads = batch.local_grads(context.rank);
+        on_cpu[r] = combine(grads, activation, options, nullopt, nullopt, &cpu_statistics[r]);
+        std::vector<at::Tensor> cuda_grads;
+        for (const auto& grad : grads) cuda_grads.push_back(grad.cuda());
+        on_gpu[r] = combine(cuda_grads, activation.cuda(), options, nullopt, nullopt,
+                            &gpu_statistics[r])
+                        .cpu();
+      });
+      const auto uniform =
+          testing::philox_uniform_tensor(purity_shape(batch.activation, c.options), seed, 0);
+      const auto expected = reference::combine(batch.grads, batch.activation, c.options, uniform);
+      for (int rank = 0; rank < size; ++rank) {
+        SCOPED_TRACE(std::string(c.name) + ", " + c10::toString(dtype) + ", rank " +
+                     std::to_string(rank));
+        const auto r = static_cast<size_t>(rank);
+        // keep_grad_norm's norms are sums in a device-specific order (README): last bits only.
+        EXPECT_TRUE(c.options.keep_grad_norm()
+                        ? testing::close_to_reference(on_gpu[r], on_cpu[r].to(at::kDouble))
+                        : testing::bitwise_equal(on_gpu[r], on_cpu[r]));
+        EXPECT_TRUE(testing::statistics_equal(gpu_statistics[r], cpu_statistics[r], 1e-9));
+        if (dtype == at::kDouble) {
+          EXPECT_LE(max_difference(on_gpu[r], batch.rows_of(expected.output, rank)), 1e-12);
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Ranks, GlobalPurityCuda, ::testing::Values(2, 3),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::to_string(info.param) + "Ranks";
+                         });
 
 INSTANTIATE_TEST_SUITE_P(Ranks, GlobalPurity, ::testing::Values(2, 3),
                          [](const ::testing::TestParamInfo<int>& info) {

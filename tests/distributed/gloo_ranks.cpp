@@ -24,7 +24,9 @@ c10::intrusive_ptr<c10d::ProcessGroup> gloo_group(const c10::intrusive_ptr<c10d:
   options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
   auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, options);
   auto group = c10::make_intrusive<c10d::ProcessGroup>(store, rank, size);
+  // Gloo also takes CUDA tensors (through host copies): one GPU serves every rank.
   group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, backend);
+  group->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::GLOO, backend);
   group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
   group->setGroupName(name);
   return group;
