@@ -18,6 +18,11 @@
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#if defined(GRADDROP_EXAMPLE_NCCL)
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+#include <torch/cuda.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -34,6 +39,11 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Waits for the GPU's queued work when the data lives there (before reading a clock).
+void synchronize(const fashion::MultiFashionSet& data) {
+  if (data.images.is_cuda()) torch::cuda::synchronize();
 }
 
 // The flags of this program; every other flag is the demo's (fashion/command_line.h).
@@ -63,7 +73,8 @@ std::string usage(const std::string& program) {
          "--batch-size is the GLOBAL batch, split evenly between the ranks. The demo's flags\n"
          "(--epochs, --lr, --optimizer, --train-size, --seeds (first seed only), --threads,\n"
          "GradDrop's options, ...) are accepted as by multitask_fashion --help.\n"
-         "--device=cuda is refused: data-parallel GradDrop takes CPU tensors in this version.\n";
+         "--device=cuda: one GPU per rank (cuda:<rank mod GPUs>) and NCCL (builds with NCCL's\n"
+         "header only; otherwise Gloo with CPU tensors only).\n";
 }
 
 // Takes this program's flags out of `arguments`, leaving the demo's.
@@ -103,8 +114,9 @@ RankSettings take_rank_flags(std::vector<std::string>& arguments) {
   return settings;
 }
 
-// A Gloo process group over TCP: rank 0 hosts the TCPStore every rank meets at.
-c10::intrusive_ptr<c10d::ProcessGroup> make_group(const RankSettings& settings) {
+// A process group over TCP: rank 0 hosts the TCPStore every rank meets at. Gloo for CPU
+// tensors, NCCL for CUDA tensors (--device=cuda).
+c10::intrusive_ptr<c10d::ProcessGroup> make_group(const RankSettings& settings, bool cuda) {
   const auto timeout = std::chrono::milliseconds(1000LL * settings.timeout_seconds);
   c10d::TCPStoreOptions store_options;
   store_options.port = static_cast<uint16_t>(settings.master_port);
@@ -112,14 +124,27 @@ c10::intrusive_ptr<c10d::ProcessGroup> make_group(const RankSettings& settings) 
   store_options.numWorkers = static_cast<size_t>(settings.world_size);
   store_options.timeout = timeout;
   auto store = c10::make_intrusive<c10d::TCPStore>(settings.master_address, store_options);
-  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-  options->devices.push_back(
-      c10d::ProcessGroupGloo::createDeviceForHostname(settings.master_address));
-  auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, settings.rank,
-                                                             settings.world_size, options);
   auto group = c10::make_intrusive<c10d::ProcessGroup>(store, settings.rank, settings.world_size);
-  group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, backend);
-  group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
+  if (cuda) {
+#if defined(GRADDROP_EXAMPLE_NCCL)
+    auto options = c10d::ProcessGroupNCCL::Options::create();
+    options->timeout = timeout;
+    auto backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, settings.rank,
+                                                               settings.world_size, options);
+    group->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::NCCL, backend);
+    group->setDefaultBackend(c10d::ProcessGroup::BackendType::NCCL);
+#else
+    throw fashion::UsageError("--device=cuda needs a build with NCCL's header (nccl.h)");
+#endif
+  } else {
+    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+    options->devices.push_back(
+        c10d::ProcessGroupGloo::createDeviceForHostname(settings.master_address));
+    auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, settings.rank,
+                                                               settings.world_size, options);
+    group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, backend);
+    group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
+  }
   group->setGroupName("multi_fashion");
   return group;
 }
@@ -175,7 +200,7 @@ struct Replica {
 
 Replica make_replica(const std::string& method, const fashion::DemoSettings& demo,
                      const c10::intrusive_ptr<c10d::ProcessGroup>& group,
-                     const fashion::MultiLeNet& initial) {
+                     const fashion::MultiLeNet& initial, const torch::Device& device) {
   Replica replica;
   replica.method = method;
   replica.group = group;
@@ -186,6 +211,7 @@ Replica make_replica(const std::string& method, const fashion::DemoSettings& dem
   }
   replica.model = fashion::MultiLeNet(demo.canvas, options);
   fashion::copy_parameters(*replica.model, *initial);
+  replica.model->to(device);
   replica.broadcast_parameters();
   replica.optimizer = fashion::make_optimizer(demo.optimizer, replica.model, demo.learning_rate);
   return replica;
@@ -209,22 +235,24 @@ int train(const RankSettings& settings, const fashion::DemoSettings& demo,
   const uint64_t seed = demo.seeds.front();
   torch::manual_seed(seed);
   const fashion::MultiLeNet initial(demo.canvas, c10::nullopt);
-  auto replica = make_replica(settings.purity, demo, group, initial);
+  auto replica = make_replica(settings.purity, demo, group, initial, train_set.images.device());
   const bool lead = settings.rank == 0;
   double total_seconds = 0;
   std::array<double, fashion::kTasks> accuracy{};
   for (int64_t epoch = 1; epoch <= demo.epochs; ++epoch) {
-    const auto order = fashion::epoch_order(train_set.size(), seed, epoch);
+    const auto order =
+        fashion::epoch_order(train_set.size(), seed, epoch).to(train_set.images.device());
     const int64_t batches = (order.size(0) + demo.batch_size - 1) / demo.batch_size;
     replica.model->train();
     const auto start = Clock::now();
-    auto loss_sum = torch::zeros({fashion::kTasks});
+    auto loss_sum = torch::zeros({fashion::kTasks}, train_set.images.options().dtype(torch::kFloat));
     for (int64_t batch = 0; batch < batches; ++batch) {
       const auto losses =
           replica.step(train_set, local_rows(order, batch, demo.batch_size, settings));
       torch::NoGradGuard no_grad;
       loss_sum += torch::stack({losses[0].detach(), losses[1].detach()});
     }
+    synchronize(train_set);
     const double seconds = seconds_since(start);
     total_seconds += seconds;
     accuracy = fashion::evaluate(replica.model, test_set, 1000);
@@ -256,9 +284,10 @@ int compare_step_time(const RankSettings& settings, const fashion::DemoSettings&
   const fashion::MultiLeNet initial(demo.canvas, c10::nullopt);
   std::vector<Replica> replicas;
   for (const std::string method : {"none", "local", "global"}) {
-    replicas.push_back(make_replica(method, demo, group, initial));
+    replicas.push_back(make_replica(method, demo, group, initial, train_set.images.device()));
   }
-  const auto order = fashion::epoch_order(train_set.size(), demo.seeds.front(), 1);
+  const auto order = fashion::epoch_order(train_set.size(), demo.seeds.front(), 1)
+                         .to(train_set.images.device());
   const int64_t batches = order.size(0) / demo.batch_size;
   std::vector<std::vector<double>> step_ms(replicas.size());
   int64_t batch = 0;
@@ -271,6 +300,7 @@ int compare_step_time(const RankSettings& settings, const fashion::DemoSettings&
         replica.step(train_set,
                      local_rows(order, (batch + step) % batches, demo.batch_size, settings));
       }
+      synchronize(train_set);
       const double ms = 1e3 * seconds_since(start) / static_cast<double>(demo.timing_steps);
       if (round > 0) step_ms[(turn + static_cast<size_t>(round)) % replicas.size()].push_back(ms);
     }
@@ -280,7 +310,8 @@ int compare_step_time(const RankSettings& settings, const fashion::DemoSettings&
   // column sums and 41 check values), between the same ranks, as many times.
   double bare_all_reduce_ms = 0;
   if (group) {
-    std::vector<at::Tensor> buffer{torch::zeros({fashion::kTasks * fashion::kSharedFeatures + 41})};
+    std::vector<at::Tensor> buffer{torch::zeros({fashion::kTasks * fashion::kSharedFeatures + 41},
+                                                train_set.images.options().dtype(torch::kFloat))};
     std::vector<double> times;
     for (int64_t round = 0; round <= demo.timing_rounds; ++round) {
       group->barrier()->wait();
@@ -345,9 +376,8 @@ int main(int argc, char** argv) {
     }
     settings = take_rank_flags(arguments);
     demo = fashion::parse_command_line(arguments);
-    if (demo.device != "cpu") {
-      throw fashion::UsageError("--device=" + demo.device +
-                                ": data-parallel GradDrop takes CPU tensors in this version");
+    if (demo.device == "cuda" && !torch::cuda::is_available()) {
+      throw fashion::UsageError("--device=cuda, but CUDA is not available");
     }
   } catch (const std::exception& error) {
     std::fprintf(stderr, "%s: %s\nRun %s --help for the flags.\n", program.c_str(), error.what(),
@@ -357,21 +387,32 @@ int main(int argc, char** argv) {
   at::set_num_threads(demo.threads);
   try {
     const auto start = Clock::now();
+    const bool cuda = demo.device == "cuda";
+    torch::Device device(torch::kCPU);
+    if (cuda) {
+      const int gpu = settings.rank % static_cast<int>(torch::cuda::device_count());
+#if defined(GRADDROP_EXAMPLE_NCCL)
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(gpu));
+#endif
+      device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(gpu));
+    }
     c10::intrusive_ptr<c10d::ProcessGroup> group;
-    if (settings.world_size > 1) group = make_group(settings);
+    if (settings.world_size > 1) group = make_group(settings, cuda);
     const std::string directory =
         demo.data_dir.empty() ? fashion::kDefaultDataDirectory : demo.data_dir;
-    const auto train_set = fashion::make_multi_fashion(
-        fashion::load_fashion_split(directory, "train"), demo.train_size, demo.pair_seed,
-        demo.canvas);
-    const auto test_set = fashion::make_multi_fashion(
-        fashion::load_fashion_split(directory, "t10k"), demo.test_size, demo.pair_seed + 1,
-        demo.canvas);
+    const auto train_set = fashion::to_device(
+        fashion::make_multi_fashion(fashion::load_fashion_split(directory, "train"),
+                                    demo.train_size, demo.pair_seed, demo.canvas),
+        device);
+    const auto test_set = fashion::to_device(
+        fashion::make_multi_fashion(fashion::load_fashion_split(directory, "t10k"),
+                                    demo.test_size, demo.pair_seed + 1, demo.canvas),
+        device);
     if (settings.rank == 0) {
-      std::printf("distributed_fashion: LibTorch %s, %d rank(s) (Gloo), purity %s, %d thread(s) "
+      std::printf("distributed_fashion: LibTorch %s, %d rank(s) (%s), purity %s, %d thread(s) "
                   "per rank, data ready in %.1fs\n",
-                  TORCH_VERSION, settings.world_size, settings.purity.c_str(), at::get_num_threads(),
-                  seconds_since(start));
+                  TORCH_VERSION, settings.world_size, cuda ? "NCCL, one GPU each" : "Gloo",
+                  settings.purity.c_str(), at::get_num_threads(), seconds_since(start));
     }
     if (settings.compare_step_time) {
       return compare_step_time(settings, demo, train_set, group);

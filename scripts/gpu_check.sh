@@ -27,7 +27,8 @@
 #   --benchmark=DIR    Google Benchmark sources for the build stage (default .carry/benchmark;
 #                      without them the CUDA benchmark builds as a plain program).
 #   --deadline=SECONDS stop starting stages after this long (default 510); each stage also has
-#                      its own limit (TEST_LIMIT_S 150, PYTHON_LIMIT_S 90, BENCH_LIMIT_S 180, and
+#                      its own limit (TEST_LIMIT_S 150, DISTRIBUTED_LIMIT_S 60, PYTHON_LIMIT_S 90,
+#                      BENCH_LIMIT_S 180, and
 #                      per sanitizer tool MEMCHECK_LIMIT_S 60, INITCHECK_LIMIT_S 50,
 #                      RACECHECK_LIMIT_S 45, SYNCCHECK_LIMIT_S 35).
 #
@@ -42,7 +43,7 @@
 # (GoogleTest filters), SANITIZER_TOOLS (default "memcheck initcheck racecheck synccheck"),
 # BENCH_FILTER (Google Benchmark regex, or a substring for the plain build), GRADDROP_TEST_SEED
 # (one seed for every stage; printed), OUT (a folder for the logs: gpu_check.log, build.log,
-# tests.log, python.log, sanitizer.log, bench.log, summary.txt).
+# tests.log, distributed.log, python.log, sanitizer.log, bench.log, summary.txt).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -192,12 +193,12 @@ if wants prepare; then
   PREPARE_ARCH=${CUDA_ARCH:-9.0}
   note "prepare: building for sm_${PREPARE_ARCH/./} in $PREPARE_BUILD_DIR (JOBS=$JOBS)"
   if configure_and_build "$PREPARE_BUILD_DIR" "$PREPARE_ARCH" ON "$LOG_DIR/build.log" \
-       graddrop graddrop_cuda_tests bench_cuda_combine_bench; then
+       graddrop graddrop_cuda_tests graddrop_distributed_tests bench_cuda_combine_bench; then
     rm -rf "$PREPARED_DIR"
     mkdir -p "$PREPARED_DIR/bin" "$PREPARED_DIR/lib" "$PREPARED_DIR/python"
     cp -L "$PREPARE_BUILD_DIR/src/libgraddrop.so.0" "$PREPARED_DIR/lib/libgraddrop.so.0"
     cp "$PREPARE_BUILD_DIR/tests/graddrop_cuda_tests" "$PREPARE_BUILD_DIR/bench/bench_cuda_combine_bench" \
-       "$PREPARED_DIR/bin/"
+       "$PREPARE_BUILD_DIR/tests/graddrop_distributed_tests" "$PREPARED_DIR/bin/"
     cp "$ROOT"/tests/python/*.py "$PREPARED_DIR/python/"
     # Libraries the binaries load that neither torch nor a base system provides there (Debian's
     # Google Benchmark is a shared library; GoogleTest is linked statically).
@@ -235,6 +236,7 @@ fi
 # ---- Where the binaries are -------------------------------------------------------------------
 use_build_dir() {
   TESTS=$BUILD_DIR/tests/graddrop_cuda_tests
+  DISTRIBUTED_TESTS=$BUILD_DIR/tests/graddrop_distributed_tests
   BENCH=$BUILD_DIR/bench/bench_cuda_combine_bench
   LIBRARY=$BUILD_DIR/src/libgraddrop.so
   PYTHON_TESTS=$ROOT/tests/python
@@ -250,7 +252,7 @@ build_here() {
   started=$(date +%s)
   note "build: CUDA architecture $arch in $BUILD_DIR (JOBS=$JOBS)"
   if configure_and_build "$BUILD_DIR" "$arch" ON "$LOG_DIR/build.log" \
-       graddrop graddrop_cuda_tests bench_cuda_combine_bench; then
+       graddrop graddrop_cuda_tests graddrop_distributed_tests bench_cuda_combine_bench; then
     record build PASSED "$BUILD_DIR ($(($(date +%s) - started))s)"
   else
     record build FAILED "see build.log"
@@ -262,6 +264,7 @@ RUN_STAGES=0
 for stage in test python sanitize bench; do wants "$stage" && RUN_STAGES=1; done
 if [ -n "$PREBUILT" ] && [ "$RUN_STAGES" = 1 ]; then
   TESTS=$PREBUILT/bin/graddrop_cuda_tests
+  DISTRIBUTED_TESTS=$PREBUILT/bin/graddrop_distributed_tests
   BENCH=$PREBUILT/bin/bench_cuda_combine_bench
   LIBRARY=$PREBUILT/lib/libgraddrop.so.0
   PYTHON_TESTS=$PREBUILT/python
@@ -295,6 +298,15 @@ if wants test; then
     FAILED_TESTS=$(grep -E '^\[  FAILED  \] Cuda' "$LOG_DIR/tests.log" | sort -u | head -20 | sed 's/^/           /')
   else
     record tests FAILED "no test program at $TESTS"
+  fi
+  # Data-parallel combine on CUDA tensors: 2 and 3 ranks of a Gloo group on this GPU.
+  if [ -x "$DISTRIBUTED_TESTS" ]; then
+    run_limited "$LOG_DIR/distributed.log" "${DISTRIBUTED_LIMIT_S:-60}" "$DISTRIBUTED_TESTS" \
+      --gtest_color=no --gtest_filter='*Cuda*'
+    counts=$(grep -E '^\[ *(PASSED|SKIPPED|FAILED) *\] [0-9]+ test' "$LOG_DIR/distributed.log" | tr -s ' ' | sed 's/, listed below://' | paste -sd ';' -)
+    record distributed "$(status_word "$RUN_STATUS")" "${RUN_SECONDS}s ${counts}"
+  else
+    record distributed FAILED "no test program at $DISTRIBUTED_TESTS"
   fi
 fi
 
