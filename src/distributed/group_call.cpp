@@ -117,9 +117,12 @@ constexpr int64_t kCheckSlots = 1 + 2 * kHashPieces + kKeyPieces;
 
 // What the ranks of a group last agreed on (the size and dtype of the steady-state all-reduce),
 // per group name in this process. Every rank updates it at the same calls, from agreed values.
+// It holds the group weakly: a new group under an old name (a re-initialised default group)
+// starts with the full exchange on every rank.
 struct Agreement {
   int64_t sums_size = 0;
   at::ScalarType dtype = at::kFloat;
+  c10::weak_intrusive_ptr<c10d::ProcessGroup> group{c10::intrusive_ptr<c10d::ProcessGroup>()};
 };
 std::mutex agreements_mutex;
 std::unordered_map<std::string, Agreement>& agreements() {
@@ -241,7 +244,9 @@ CallKey GroupCall::exchange(CallKey local_key, const at::Tensor& column_sums) {
   {
     std::lock_guard<std::mutex> lock(agreements_mutex);
     const auto found = agreements().find(state_->name);
-    if (found != agreements().end()) agreed = found->second;
+    if (found != agreements().end() && found->second.group.lock().get() == state_->group.get()) {
+      agreed = found->second;
+    }
   }
   if (agreed.has_value()) {
     // The steady state: one all-reduce of the sums and the check slots, of the agreed size.
@@ -295,7 +300,8 @@ CallKey GroupCall::exchange(CallKey local_key, const at::Tensor& column_sums) {
   const auto key = agree(local_key);
   {
     std::lock_guard<std::mutex> lock(agreements_mutex);
-    agreements()[state_->name] = Agreement{sums_size, dtype};
+    agreements()[state_->name] =
+        Agreement{sums_size, dtype, c10::weak_intrusive_ptr<c10d::ProcessGroup>(state_->group)};
   }
   if (sums_size > 0) {
     auto sums = column_sums;

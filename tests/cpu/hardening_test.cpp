@@ -36,6 +36,7 @@ struct OpCall {
   optional<int64_t> seed;
   int64_t offset = 0;
   bool statistics = false;
+  optional<std::string> group_name;
 
   std::tuple<at::Tensor, at::Tensor> call() const {
     static auto op = c10::Dispatcher::singleton()
@@ -47,7 +48,8 @@ struct OpCall {
     }
     return op.call(activation, list, leak, sign_source, marginalize_batch, keep_function, scale,
                    zero_sign, epsilon, keep_grad_norm, nullopt, uniform, keep_probability, seed,
-                   offset, statistics, nullopt);
+                   offset, statistics,
+                   group_name.has_value() ? optional<c10::string_view>(*group_name) : nullopt);
   }
   at::Tensor output() const { return std::get<0>(call()); }
 };
@@ -63,6 +65,25 @@ at::Tensor values(std::vector<double> data, at::IntArrayRef shape,
 // (Python's custom keep-function path). Every coefficient of the feature must be NaN, whatever
 // f(P) says and whatever zero_sign decides, on both modes; the statistics must not count the
 // NaN element as kept. (Needs the kernel change that propagates a NaN purity; see issue #10.)
+// A group_name the registry does not know, or any group_name in a build without data-parallel
+// support (Debian's LibTorch 1.13): a c10::Error naming it, inputs untouched.
+TEST(Hardening, AnUnusableGroupNameIsRefusedNamingIt) {
+  OpCall op;
+  op.activation = at::randn({4, 8});
+  op.grads = {at::randn({4, 8}), at::randn({4, 8})};
+  op.group_name = "no-such-group";
+  const auto activation = op.activation.clone();
+  const auto grad = op.grads[0].clone();
+  const std::vector<std::string> reason =
+      GRADDROP_HAS_DISTRIBUTED ? std::vector<std::string>{"registry"}
+                               : std::vector<std::string>{"leaves out", "registry"};
+  std::vector<std::string> parts = {"group_name 'no-such-group'"};
+  parts.insert(parts.end(), reason.begin(), reason.end());
+  EXPECT_TRUE(testing::throws_error_containing([&] { op.call(); }, parts));
+  EXPECT_TRUE(at::equal(op.activation, activation));
+  EXPECT_TRUE(at::equal(op.grads[0], grad));
+}
+
 TEST(Hardening, ExplicitKeepProbabilityPropagatesNanPurity) {
   for (auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
     for (const std::string zero_sign : {"keep", "drop"}) {
