@@ -411,7 +411,8 @@ int main(int argc, char** argv) {
     if (settings.rank == 0) {
       std::printf("distributed_fashion: LibTorch %s, %d rank(s) (%s), purity %s, %d thread(s) "
                   "per rank, data ready in %.1fs\n",
-                  TORCH_VERSION, settings.world_size, cuda ? "NCCL, one GPU each" : "Gloo",
+                  TORCH_VERSION, settings.world_size,
+                  settings.world_size == 1 ? "no group" : cuda ? "NCCL, one GPU each" : "Gloo",
                   settings.purity.c_str(), at::get_num_threads(), seconds_since(start));
     }
     if (settings.compare_step_time) {
