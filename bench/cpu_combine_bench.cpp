@@ -4,6 +4,8 @@
 // variant is reported as that many bytes per second, so ratios compare times.
 //
 //   fused/<mode>/<dtype>/n<n>/N<N>      graddrop::combine with a fixed seed (Philox U)
+//   fused_plain/..., fused_stream/...   the same with normal or streaming stores only
+//                                      (--compare_stores)
 //   reference/<mode>/<dtype>/n<n>/N<N>  reference::combine_in(..., at::kFloat): one ATen
 //                                      operation at a time, float32, the same U
 //   copy/<dtype>/n<n>/N<N>             dst.copy_(src), each (n + 2) * N * sizeof(T) / 2 bytes
@@ -21,6 +23,9 @@
 //   --no_reference  skip the composed-ATen runs (the slow part)
 //   --capability=avx2  the kernels' instruction set (baseline, avx2, avx512; default: the best
 //                   the CPU runs, or GRADDROP_CPU_CAPABILITY)
+//   --compare_stores  also run fused_plain/... (normal stores only) and fused_stream/... (the
+//                   output always streamed past the cache); the default (fused/) streams outputs
+//                   larger than the last-level cache (cpu::Streaming)
 // The full matrix (4 N x 3 n x 2 dtypes x 2 modes) takes about 5-8 minutes on 2 cores, most of
 // it in the reference at N = 64M; the largest configuration (64M x n = 8, float32) holds 2.5 GB
 // of inputs and the reference about 8 GB more while it runs.
@@ -55,6 +60,7 @@ struct Settings {
   std::vector<int64_t> tasks = {2, 4, 8};
   std::vector<at::ScalarType> dtypes = {at::kFloat, at::kBFloat16};
   bool reference = true;
+  bool compare_stores = false;
   std::string capability;  // empty: the library's choice
 };
 
@@ -116,6 +122,8 @@ Settings parse_settings(int* argc, char** argv) {
       settings.capability = value;
     } else if (argument == "--no_reference") {
       settings.reference = false;
+    } else if (argument == "--compare_stores") {
+      settings.compare_stores = true;
     } else {
       argv[kept++] = argv[i];
     }
@@ -173,9 +181,11 @@ graddrop::GradDropOptions options_for(const Config& config, bool marginalize) {
   return graddrop::GradDropOptions(config.tasks).marginalize_batch(marginalize).seed(1);
 }
 
-void run_fused(benchmark::State& state, Config config, bool marginalize) {
+void run_fused(benchmark::State& state, Config config, bool marginalize,
+               graddrop::cpu::Streaming streaming) {
   auto& inputs = inputs_for(config);
   const auto options = options_for(config, marginalize);
+  graddrop::cpu::set_streaming(streaming);
   // Untimed first calls: the first allocations of a process may wait for the OS to compact
   // memory into huge pages; a training loop sees the steady state.
   for (int warm = 0; warm < 2; ++warm) graddrop::combine(inputs.grads, inputs.activation, options);
@@ -184,6 +194,7 @@ void run_fused(benchmark::State& state, Config config, bool marginalize) {
     benchmark::DoNotOptimize(output.data_ptr());
   }
   state.SetBytesProcessed(state.iterations() * config.bytes());
+  graddrop::cpu::set_streaming(graddrop::cpu::Streaming::kAuto);
 }
 
 void run_reference(benchmark::State& state, Config config, bool marginalize) {
@@ -246,17 +257,25 @@ void print_summary(const std::vector<Config>& configs,
                    const std::map<std::string, double>& seconds) {
   std::printf("\nSummary: bytes/s of (n + 2) * N * sizeof(T); fused/ref = speed-up over the "
               "composed-ATen formula, fused/copy = fraction of the same-run copy bytes/s\n");
-  std::printf("%-6s %-9s %3s %5s | %10s %10s %10s | %9s %10s\n", "mode", "dtype", "n", "N",
-              "fused GB/s", "ref GB/s", "copy GB/s", "fused/ref", "fused/copy");
+  std::printf("%-6s %-9s %3s %5s | %10s %10s %10s %10s %10s | %9s %10s\n", "mode", "dtype",
+              "n", "N", "fused GB/s", "plain GB/s", "stream GB/s", "ref GB/s", "copy GB/s",
+              "fused/ref", "fused/copy");
   for (const char* mode : {"elem", "marg"}) {
     for (const auto& config : configs) {
       const double bytes = static_cast<double>(config.bytes());
       const double fused = lookup(seconds, std::string("fused/") + mode + "/" + config.key());
       const double ref = lookup(seconds, std::string("reference/") + mode + "/" + config.key());
+      const double plain =
+          lookup(seconds, std::string("fused_plain/") + mode + "/" + config.key());
+      const double streamed =
+          lookup(seconds, std::string("fused_stream/") + mode + "/" + config.key());
       const double copy = lookup(seconds, "copy/" + config.key());
       if (fused == 0.0) continue;
       auto rate = [&](double time) { return time > 0.0 ? bytes / time / 1e9 : 0.0; };
       char ref_text[32] = "-", speedup_text[32] = "-", copy_text[32] = "-", fraction_text[32] = "-";
+      char plain_text[32] = "-", stream_text[32] = "-";
+      if (plain > 0.0) std::snprintf(plain_text, sizeof(plain_text), "%.2f", rate(plain));
+      if (streamed > 0.0) std::snprintf(stream_text, sizeof(stream_text), "%.2f", rate(streamed));
       if (ref > 0.0) {
         std::snprintf(ref_text, sizeof(ref_text), "%.2f", rate(ref));
         std::snprintf(speedup_text, sizeof(speedup_text), "%.1fx", ref / fused);
@@ -265,10 +284,10 @@ void print_summary(const std::vector<Config>& configs,
         std::snprintf(copy_text, sizeof(copy_text), "%.2f", rate(copy));
         std::snprintf(fraction_text, sizeof(fraction_text), "%.0f%%", 100.0 * copy / fused);
       }
-      std::printf("%-6s %-9s %3lld %5s | %10.2f %10s %10s | %9s %10s\n", mode,
+      std::printf("%-6s %-9s %3lld %5s | %10.2f %10s %10s %10s %10s | %9s %10s\n", mode,
                   dtype_name(config.dtype).c_str(), static_cast<long long>(config.tasks),
-                  size_name(config.numel).c_str(), rate(fused), ref_text, copy_text,
-                  speedup_text, fraction_text);
+                  size_name(config.numel).c_str(), rate(fused), plain_text, stream_text, ref_text,
+                  copy_text, speedup_text, fraction_text);
     }
   }
 }
@@ -301,9 +320,19 @@ int main(int argc, char** argv) {
     for (bool marginalize : {false, true}) {
       const std::string mode = marginalize ? "marg/" : "elem/";
       benchmark::RegisterBenchmark(("fused/" + mode + config.key()).c_str(), run_fused, config,
-                                   marginalize)
+                                   marginalize, graddrop::cpu::Streaming::kAuto)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
+      if (settings.compare_stores) {
+        benchmark::RegisterBenchmark(("fused_plain/" + mode + config.key()).c_str(), run_fused,
+                                     config, marginalize, graddrop::cpu::Streaming::kNever)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+        benchmark::RegisterBenchmark(("fused_stream/" + mode + config.key()).c_str(), run_fused,
+                                     config, marginalize, graddrop::cpu::Streaming::kAlways)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
       if (settings.reference) {
         benchmark::RegisterBenchmark(("reference/" + mode + config.key()).c_str(), run_reference,
                                      config, marginalize)

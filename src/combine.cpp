@@ -76,6 +76,68 @@ at::Tensor purity(const std::vector<at::Tensor>& grads, const at::Tensor& activa
                  options.epsilon());
 }
 
+namespace {
+
+// The operator's arguments from the options (shared by combine and combine_into).
+struct OperatorArguments {
+  optional<at::Tensor> keep_probability;
+  optional<int64_t> seed;
+  std::string source, keep, zero;
+  std::vector<double> leak;
+  optional<std::string> group_name;
+
+  OperatorArguments(const std::vector<at::Tensor>& grads, const at::Tensor& activation,
+                    const GradDropOptions& options) {
+    // The custom keep function sees the whole P tensor, so it runs between two operator calls.
+    if (options.keep_function() == KeepFunction::kCustom) {
+      const auto purity_values = purity(grads, activation, options);
+      auto values = options.custom_keep_function()(purity_values);
+      TORCH_CHECK(values.defined(),
+                  "graddrop::combine: the custom keep function returned an undefined tensor; it "
+                  "must return f(P), a tensor of P's shape ",
+                  c10::IntArrayRef(purity_values.sizes()), " with values in [0, 1]");
+      // A NaN purity (a NaN or Inf gradient) must reach the kernel as a NaN f(P), whatever the
+      // user's f makes of it, so that the affected outputs come out non-finite (DESIGN.md §1).
+      // A result of another shape, dtype or device is left for the operator's checks to refuse.
+      if (values.sizes() == purity_values.sizes() && values.device() == purity_values.device() &&
+          at::isFloatingType(values.scalar_type())) {
+        values = values.masked_fill(at::isnan(purity_values),
+                                    std::numeric_limits<double>::quiet_NaN());
+      }
+      keep_probability = values;
+    }
+    if (options.seed().has_value()) seed = static_cast<int64_t>(*options.seed());
+    TORCH_CHECK(options.offset() <= static_cast<uint64_t>(INT64_MAX),
+                "graddrop::combine: offset must fit in int64, got ", options.offset());
+    source = to_string(options.sign_source());
+    keep = to_string(options.keep_function());
+    zero = to_string(options.zero_sign());
+    leak = options.leak();
+#if GRADDROP_HAS_DISTRIBUTED
+    if (options.process_group()) {
+      group_name = distributed::registered_group_name(options.process_group());
+    }
+#endif
+  }
+
+  optional<c10::string_view> group_view() const {
+    if (!group_name.has_value()) return nullopt;
+    return c10::string_view(*group_name);
+  }
+};
+
+void read_statistics(const at::Tensor& values, const at::Tensor& activation,
+                     const GradDropOptions& options, GradDropStatistics* statistics) {
+  if (statistics == nullptr) return;
+  TORCH_CHECK(!values.is_meta(),
+              "graddrop::combine: meta tensors have no statistics to read; pass no statistics "
+              "pointer");
+  *statistics =
+      statistics_from(values, purity_shape(activation, options), options.num_tasks());
+}
+
+}  // namespace
+
 at::Tensor combine(const std::vector<at::Tensor>& grads, const at::Tensor& activation,
                    const GradDropOptions& options, optional<at::Generator> generator,
                    const optional<at::Tensor>& uniform, GradDropStatistics* statistics) {
@@ -84,53 +146,33 @@ at::Tensor combine(const std::vector<at::Tensor>& grads, const at::Tensor& activ
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("graddrop::combine", "")
                        .typed<ops::CombineSignature>();
-  // The custom keep function sees the whole P tensor, so it runs between two operator calls.
-  optional<at::Tensor> keep_probability;
-  if (options.keep_function() == KeepFunction::kCustom) {
-    const auto purity_values = purity(grads, activation, options);
-    auto keep = options.custom_keep_function()(purity_values);
-    TORCH_CHECK(keep.defined(),
-                "graddrop::combine: the custom keep function returned an undefined tensor; it "
-                "must return f(P), a tensor of P's shape ",
-                c10::IntArrayRef(purity_values.sizes()), " with values in [0, 1]");
-    // A NaN purity (a NaN or Inf gradient) must reach the kernel as a NaN f(P), whatever the
-    // user's f makes of it, so that the affected outputs come out non-finite (DESIGN.md §1).
-    // A result of another shape, dtype or device is left for the operator's checks to refuse.
-    if (keep.defined() && keep.sizes() == purity_values.sizes() &&
-        keep.device() == purity_values.device() && at::isFloatingType(keep.scalar_type())) {
-      keep = keep.masked_fill(at::isnan(purity_values), std::numeric_limits<double>::quiet_NaN());
-    }
-    keep_probability = keep;
-  }
-  optional<int64_t> seed;
-  if (options.seed().has_value()) seed = static_cast<int64_t>(*options.seed());
-  TORCH_CHECK(options.offset() <= static_cast<uint64_t>(INT64_MAX),
-              "graddrop::combine: offset must fit in int64, got ", options.offset());
-  const auto source = to_string(options.sign_source());
-  const auto keep = to_string(options.keep_function());
-  const auto zero = to_string(options.zero_sign());
-  std::vector<double> leak(options.leak());
-  optional<std::string> group_name;
-#if GRADDROP_HAS_DISTRIBUTED
-  if (options.process_group()) {
-    group_name = distributed::registered_group_name(options.process_group());
-  }
-#endif
-  optional<c10::string_view> group_view;
-  if (group_name.has_value()) group_view = c10::string_view(*group_name);
-  auto result = op.call(activation, as_list(grads), leak, source, options.marginalize_batch(),
-                        keep, options.scale(), zero, options.epsilon(), options.keep_grad_norm(),
-                        std::move(generator), uniform, keep_probability, seed,
-                        static_cast<int64_t>(options.offset()), statistics != nullptr,
-                        group_view);
-  if (statistics != nullptr) {
-    TORCH_CHECK(!std::get<1>(result).is_meta(),
-                "graddrop::combine: meta tensors have no statistics to read; pass no statistics "
-                "pointer");
-    *statistics = statistics_from(std::get<1>(result), purity_shape(activation, options),
-                                  options.num_tasks());
-  }
+  const OperatorArguments a(grads, activation, options);
+  auto result = op.call(activation, as_list(grads), a.leak, a.source, options.marginalize_batch(),
+                        a.keep, options.scale(), a.zero, options.epsilon(),
+                        options.keep_grad_norm(), std::move(generator), uniform,
+                        a.keep_probability, a.seed, static_cast<int64_t>(options.offset()),
+                        statistics != nullptr, a.group_view());
+  read_statistics(std::get<1>(result), activation, options, statistics);
   return std::get<0>(result);
+}
+
+void combine_into(at::Tensor& out, const std::vector<at::Tensor>& grads,
+                  const at::Tensor& activation, const GradDropOptions& options,
+                  optional<at::Generator> generator, const optional<at::Tensor>& uniform,
+                  GradDropStatistics* statistics) {
+  check_task_count(grads, options);
+  check_devices(grads, activation, uniform);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("graddrop::combine_into", "")
+                       .typed<ops::CombineIntoSignature>();
+  const OperatorArguments a(grads, activation, options);
+  const auto values = op.call(out, activation, as_list(grads), a.leak, a.source,
+                              options.marginalize_batch(), a.keep, options.scale(), a.zero,
+                              options.epsilon(), options.keep_grad_norm(), std::move(generator),
+                              uniform, a.keep_probability, a.seed,
+                              static_cast<int64_t>(options.offset()), statistics != nullptr,
+                              a.group_view());
+  read_statistics(values, activation, options, statistics);
 }
 
 }  // namespace graddrop

@@ -37,8 +37,39 @@ torch::autograd::variable_list GradDropFunction::forward(torch::autograd::Autogr
   return outputs;
 }
 
+namespace {
+
+// The index of a head gradient that this backward may overwrite with its result, or -1: on the
+// CPU (where a fresh output costs an allocation and a page fault per 4 KiB, about as much as
+// the kernel's own traffic), a plain contiguous tensor of the activation's shape and dtype that
+// covers its whole storage and that nothing else holds (autograd hands the gradients over; a
+// hook or retain_grad() that keeps one raises its count, and then it is left alone).
+int64_t reusable_gradient(const torch::autograd::variable_list& grads,
+                          const at::Tensor& activation) {
+  if (!activation.device().is_cpu()) return -1;
+  for (size_t task = 0; task < grads.size(); ++task) {
+    const auto& grad = grads[task];
+    if (!grad.defined() || grad.use_count() != 1 || grad.is_view() || grad.requires_grad()) {
+      continue;
+    }
+    if (grad.layout() != at::kStrided || !grad.is_contiguous() || grad.storage_offset() != 0 ||
+        grad.scalar_type() != activation.scalar_type() || grad.sizes() != activation.sizes()) {
+      continue;
+    }
+    const auto& storage = grad.storage();
+    if (storage.use_count() != 1 ||
+        storage.nbytes() != static_cast<size_t>(grad.numel()) * grad.element_size()) {
+      continue;
+    }
+    return static_cast<int64_t>(task);
+  }
+  return -1;
+}
+
+}  // namespace
+
 torch::autograd::variable_list GradDropFunction::backward(
-    torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grad_outputs) {
+    torch::autograd::AutogradContext* ctx, torch::autograd::variable_list& grad_outputs) {
   for (const auto& grad : grad_outputs) {
     TORCH_CHECK(!(grad.defined() && grad.requires_grad()),
                 "GradDropFunction is not twice differentiable: its random masks have no "
@@ -67,14 +98,20 @@ torch::autograd::variable_list GradDropFunction::backward(
   // Once differentiable: with create_graph the saved activation may still require grad, and
   // the operator (which has no derivative) refuses inputs that require grad in grad mode.
   at::NoGradGuard no_grad;
-  if (call->options.record_statistics() && call->record) {
-    GradDropStatistics statistics;
-    auto combined = combine(grad_outputs, activation, call->options, call->generator, nullopt,
-                            &statistics);
-    call->record->set(std::move(statistics));
-    return {combined, at::Tensor()};
+  const bool record = call->options.record_statistics() && call->record;
+  GradDropStatistics statistics;
+  at::Tensor combined;
+  const int64_t reusable = reusable_gradient(grad_outputs, activation);
+  if (reusable >= 0) {
+    combined = grad_outputs[static_cast<size_t>(reusable)];
+    combine_into(combined, grad_outputs, activation, call->options, call->generator, nullopt,
+                 record ? &statistics : nullptr);
+  } else {
+    combined = combine(grad_outputs, activation, call->options, call->generator, nullopt,
+                       record ? &statistics : nullptr);
   }
-  return {combine(grad_outputs, activation, call->options, call->generator), at::Tensor()};
+  if (record) call->record->set(std::move(statistics));
+  return {combined, at::Tensor()};
 }
 
 }  // namespace graddrop

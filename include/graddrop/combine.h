@@ -23,6 +23,16 @@ at::Tensor combine(const std::vector<at::Tensor>& grads, const at::Tensor& activ
                    const optional<at::Tensor>& uniform = nullopt,
                    GradDropStatistics* statistics = nullptr);
 
+/// As `combine`, but writes the result into `out` (the activation's shape, dtype and device,
+/// contiguous), which may be one of `grads` (every kernel reads an element of each input before
+/// it writes that element of the output). CPU tensors. GradDropFunction's backward uses it to
+/// hand over a task gradient that nothing else holds: no fresh output, no page faults.
+void combine_into(at::Tensor& out, const std::vector<at::Tensor>& grads,
+                  const at::Tensor& activation, const GradDropOptions& options = GradDropOptions(),
+                  optional<at::Generator> generator = nullopt,
+                  const optional<at::Tensor>& uniform = nullopt,
+                  GradDropStatistics* statistics = nullptr);
+
 /// The purity tensor P of DESIGN.md §1 step 3 (op-math dtype: float32, or float64 for double
 /// activations), of shape `activation.sizes()[1:]` when marginalised, else `activation.sizes()`.
 at::Tensor purity(const std::vector<at::Tensor>& grads, const at::Tensor& activation,

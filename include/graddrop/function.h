@@ -44,9 +44,11 @@ struct GradDropFunction : public torch::autograd::Function<GradDropFunction> {
                                                 const at::Tensor& activation,
                                                 c10::intrusive_ptr<GradDropCall> call);
 
-  /// GradDrop's combination of the heads' gradients; once differentiable.
+  /// GradDrop's combination of the heads' gradients; once differentiable. Takes the gradients by
+  /// reference (autograd's node passes its own list and drops it afterwards), so that on the CPU
+  /// a gradient nothing else holds can become the output buffer (combine_into).
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_outputs);
+                                                 torch::autograd::variable_list& grad_outputs);
 };
 
 }  // namespace graddrop

@@ -102,6 +102,19 @@ int64_t strip_cache_budget() {
   return budget;
 }
 
+// The last-level cache, shared by the threads: an output larger than it cannot stay cached, so
+// the kernels stream it (cpu::Streaming::kAuto).
+int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
+    int64_t level3 = 0;
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+    level3 = static_cast<int64_t>(sysconf(_SC_LEVEL3_CACHE_SIZE));
+#endif
+    return level3 > 0 ? level3 : int64_t(32) << 20;
+  }();
+  return bytes;
+}
+
 int64_t round_up(int64_t value, int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
 }
@@ -252,6 +265,20 @@ struct KernelCall {
     params.offset = key.offset;
     params.output = output.data_ptr();
     params.accumulate = arguments.needs_accumulators();
+    params.stream_output = streams(output);
+  }
+
+  // Whether the kernels stream the output past the cache (cpu::Streaming).
+  static bool streams(const at::Tensor& output) {
+    switch (cpu::active_streaming()) {
+      case cpu::Streaming::kAlways:
+        return true;
+      case cpu::Streaming::kNever:
+        return false;
+      default:
+        return output.numel() * static_cast<int64_t>(output.element_size()) >=
+               last_level_cache_bytes();
+    }
   }
 
   // Runs the kernels; the statistics partials go to `accumulators` in the operator's layout.
@@ -275,18 +302,27 @@ struct KernelCall {
   }
 };
 
+// The output: `given` (combine_into; it may be one of the task gradients, which every kernel
+// reads before it writes the same element), or a fresh tensor.
+at::Tensor output_for(const CombineArguments& arguments, const at::Tensor& given) {
+  if (given.defined()) return given;
+  auto output = at::empty_like(arguments.activation);
+  prepare_output_pages(output);
+  return output;
+}
+
 // combine with a process group (src/distributed/group_call.h): the global column sums replace
 // the local ones, rank 0's key replaces this rank's, and keep_grad_norm's norms are global.
 std::tuple<at::Tensor, at::Tensor> combine_cpu_in_group(CombineArguments arguments,
                                                         const std::string& group_name,
-                                                        const optional<at::Generator>& generator) {
+                                                        const optional<at::Generator>& generator,
+                                                        const at::Tensor& given_output) {
   distributed::GroupCall group(group_name, arguments);
   distributed::materialise_zero_grads(arguments);
-  auto output = at::empty_like(arguments.activation);
+  auto output = output_for(arguments, given_output);
   auto accumulators = ops::zero_accumulators(arguments);
   const PhiloxKey local_key =
       arguments.uniform.defined() ? PhiloxKey{0, 0} : draw_key(arguments, generator);
-  prepare_output_pages(output);
   KernelCall call(arguments, local_key, output);
   at::Tensor global_sums;
   if (arguments.marginalize_batch) {
@@ -317,21 +353,16 @@ std::tuple<at::Tensor, at::Tensor> combine_cpu_in_group(CombineArguments argumen
   return ops::finish_combine(output, accumulators, arguments);
 }
 
-std::tuple<at::Tensor, at::Tensor> combine_cpu(
-    const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
-    c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
-    c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
-    bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
-    const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
-    bool statistics, optional<c10::string_view> group_name) {
-  auto arguments = ops::prepare_combine(
-      activation, grads, leak, sign_source, marginalize_batch, keep_function, scale, zero_sign,
-      epsilon, keep_grad_norm, uniform, keep_probability, seed, offset, statistics);
+// One call, into `given_output` when it is defined (combine_into) or a fresh output.
+std::tuple<at::Tensor, at::Tensor> combine_cpu_call(CombineArguments arguments,
+                                                    const optional<at::Generator>& generator,
+                                                    optional<c10::string_view> group_name,
+                                                    const at::Tensor& given_output) {
   if (group_name.has_value()) {
-    return combine_cpu_in_group(std::move(arguments), std::string(*group_name), generator);
+    return combine_cpu_in_group(std::move(arguments), std::string(*group_name), generator,
+                                given_output);
   }
-  auto output = at::empty_like(arguments.activation);
-  prepare_output_pages(output);
+  auto output = output_for(arguments, given_output);
   auto accumulators = ops::zero_accumulators(arguments);
   // An explicit U needs no generator; otherwise draw the key even for empty tensors, so the
   // generator advances the same way whatever the shape.
@@ -341,6 +372,34 @@ std::tuple<at::Tensor, at::Tensor> combine_cpu(
   KernelCall call(arguments, key, output);
   call.run(arguments, accumulators);
   return ops::finish_combine(output, accumulators, arguments);
+}
+
+std::tuple<at::Tensor, at::Tensor> combine_cpu(
+    const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
+    c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
+    c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
+    bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
+    const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
+    bool statistics, optional<c10::string_view> group_name) {
+  return combine_cpu_call(
+      ops::prepare_combine(activation, grads, leak, sign_source, marginalize_batch,
+                           keep_function, scale, zero_sign, epsilon, keep_grad_norm, uniform,
+                           keep_probability, seed, offset, statistics),
+      generator, group_name, at::Tensor());
+}
+
+at::Tensor combine_into_cpu(
+    at::Tensor& out, const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
+    c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
+    c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
+    bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
+    const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
+    bool statistics, optional<c10::string_view> group_name) {
+  auto arguments = ops::prepare_combine(activation, grads, leak, sign_source, marginalize_batch,
+                                        keep_function, scale, zero_sign, epsilon, keep_grad_norm,
+                                        uniform, keep_probability, seed, offset, statistics);
+  ops::check_out(out, arguments.activation);
+  return std::get<1>(combine_cpu_call(std::move(arguments), generator, group_name, out));
 }
 
 }  // namespace
@@ -358,4 +417,5 @@ void cpu::draw_uniform(Capability capability, uint64_t seed, uint64_t offset, in
 
 TORCH_LIBRARY_IMPL(graddrop, CPU, m) {
   m.impl("combine", TORCH_FN(graddrop::combine_cpu));
+  m.impl("combine_into", TORCH_FN(graddrop::combine_into_cpu));
 }

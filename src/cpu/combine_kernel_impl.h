@@ -29,6 +29,9 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #include "cpu/combine_kernel_params.h"
 #include "graddrop/detail/math.h"
@@ -158,12 +161,75 @@ const typename Type::opmath_t* opmath_view(const typename Type::storage_t* data,
   }
 }
 
+// Copies `bytes` bytes to `target` with non-temporal stores (plain copies for the unaligned
+// head and tail): the lines go to memory without being read first or kept in the cache.
+inline void stream_bytes(const void* source, void* target, int64_t bytes) {
+  auto* to = static_cast<char*>(target);
+  const auto* from = static_cast<const char*>(source);
+#if defined(__SSE2__)
+  const int64_t head =
+      smaller(bytes, static_cast<int64_t>((16 - reinterpret_cast<uintptr_t>(to) % 16) % 16));
+  std::memcpy(to, from, static_cast<size_t>(head));
+  int64_t done = head;
+#if defined(__AVX512F__)
+  if (reinterpret_cast<uintptr_t>(to + done) % 64 == 0) {
+    for (; done + 64 <= bytes; done += 64) {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(to + done),
+                          _mm512_loadu_si512(reinterpret_cast<const void*>(from + done)));
+    }
+  }
+#elif defined(__AVX2__)
+  if (reinterpret_cast<uintptr_t>(to + done) % 32 == 0) {
+    for (; done + 32 <= bytes; done += 32) {
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(to + done),
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from + done)));
+    }
+  }
+#endif
+  for (; done + 16 <= bytes; done += 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(to + done),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(from + done)));
+  }
+  std::memcpy(to + done, from + done, static_cast<size_t>(bytes - done));
+#else
+  std::memcpy(to, from, static_cast<size_t>(bytes));
+#endif
+}
+
+// Orders this thread's streaming stores before whatever follows (the end of the parallel
+// region, after which other threads read the output).
+inline void finish_streaming() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+// Where a block's op-math output is computed: straight into the output for float and double
+// with plain stores, else into `buffer` (store_block then converts and/or streams it).
+template <typename Type>
+typename Type::opmath_t* output_target(typename Type::storage_t* data, bool stream,
+                                       typename Type::opmath_t* buffer) {
+  if constexpr (Type::kConverted) {
+    return buffer;
+  } else {
+    return stream ? buffer : reinterpret_cast<typename Type::opmath_t*>(data);
+  }
+}
+
+// Stores `count` op-math values computed at output_target(data, stream, ...) into `data`.
+// `scratch` holds count storage values (the converted block before it is streamed).
 template <typename Type>
 void store_block(const typename Type::opmath_t* values, int64_t count,
-                 typename Type::storage_t* data) {
+                 typename Type::storage_t* data, bool stream,
+                 typename Type::storage_t* scratch) {
+  using S = typename Type::storage_t;
   if constexpr (Type::kConverted) {
+    S* converted = stream ? scratch : data;
     GRADDROP_SIMD_LOOP
-    for (int64_t k = 0; k < count; ++k) data[k] = Type::from_opmath(values[k]);
+    for (int64_t k = 0; k < count; ++k) converted[k] = Type::from_opmath(values[k]);
+    if (stream) stream_bytes(converted, data, count * static_cast<int64_t>(sizeof(S)));
+  } else if (stream) {
+    stream_bytes(values, data, count * static_cast<int64_t>(sizeof(S)));
   }
 }
 
@@ -258,6 +324,7 @@ struct Buffers {
   O* column_sums;     // marginalised: [num_tasks][width] sum over rows of s(A) * g_i
   O* lane_sums;       // marginalised: [kRowLanes][num_tasks][width] the current row chunk's lanes
   O* coefficients;    // marginalised: [num_tasks][width] c_i per column
+  O* stored;          // the converted output of a block before it is streamed (width values)
   Lanes lanes;
 
   Buffers(ScratchArena& arena, int64_t num_tasks, int64_t width, bool marginalised)
@@ -277,6 +344,7 @@ struct Buffers {
         column_sums(arena.take<O>(marginalised ? num_tasks * width : 0)),
         lane_sums(arena.take<O>(marginalised ? detail::kRowLanes * num_tasks * width : 0)),
         coefficients(arena.take<O>(marginalised ? num_tasks * width : 0)),
+        stored(arena.take<O>(width)),
         lanes(arena, num_tasks, width) {}
 };
 
@@ -667,6 +735,7 @@ void element_tiles(const KernelParams& params, int64_t tile_begin, int64_t tile_
   const O scale = static_cast<O>(params.scale);
   const int64_t numel = params.columns;
   const int64_t stride = partial_stride(num_tasks);
+  const bool stream = params.stream_output;
 
   with_accumulate(params.accumulate, [&](auto accumulate) {
     constexpr bool kAccumulate = decltype(accumulate)::value;
@@ -698,15 +767,17 @@ void element_tiles(const KernelParams& params, int64_t tile_begin, int64_t tile_
                                 explicit_keep != nullptr ? explicit_keep + first : nullptr,
                                 explicit_uniform != nullptr ? uniform : nullptr, count,
                                 params.keep_function, scale, buffers.keep);
-        O* combined = Type::kConverted ? buffers.combined : reinterpret_cast<O*>(output + first);
+        O* combined = output_target<Type>(output + first, stream, buffers.combined);
         combine_elements<O, kTasks, kAccumulate>(buffers.signal, buffers.views, num_tasks, keep,
                                                 uniform, buffers.leak, params.zero_sign, count,
                                                 combined, buffers);
-        store_block<Type>(combined, count, output + first);
+        store_block<Type>(combined, count, output + first, stream,
+                          reinterpret_cast<S*>(buffers.stored));
       }
       if (kAccumulate) buffers.lanes.fold(num_tasks, 0, kBlock, partials + tile * stride);
     }
   });
+  if (stream) finish_streaming();
 }
 
 template <typename Type>
@@ -738,6 +809,7 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
   const int64_t width_stride = strip_width;
   auto* sums_out = static_cast<O*>(params.column_sums_out);
   const auto* sums_in = static_cast<const O*>(params.column_sums_in);
+  const bool stream = params.stream_output && sums_out == nullptr;
 
   with_accumulate(params.accumulate, [&](auto accumulate) {
     constexpr bool kAccumulate = decltype(accumulate)::value;
@@ -819,11 +891,12 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
           buffers.views[i] =
               opmath_view<Type>(grads[i] + base, count, buffers.tasks + i * width_stride);
         }
-        O* combined = Type::kConverted ? buffers.combined : reinterpret_cast<O*>(output + base);
+        O* combined = output_target<Type>(output + base, stream, buffers.combined);
         apply_coefficients<O, kTasks, kAccumulate>(buffers.coefficients, width_stride,
                                                    buffers.views, num_tasks, count, combined,
                                                    buffers);
-        store_block<Type>(combined, count, output + base);
+        store_block<Type>(combined, count, output + base, stream,
+                          reinterpret_cast<S*>(buffers.stored));
       }
 
       if (kAccumulate) {
@@ -835,6 +908,7 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
       }
     }
   });
+  if (stream) finish_streaming();
 }
 
 // ---- Entry points: dtype and task-count dispatch ----------------------------------------------

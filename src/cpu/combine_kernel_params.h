@@ -42,6 +42,10 @@ struct KernelParams {
   uint64_t offset = 0;
   void* output = nullptr;
   bool accumulate = false;  // fill the statistics partials
+  // Write the output with non-temporal (streaming) stores: for outputs larger than the last-level
+  // cache, a normal store first reads the line it writes (twice the write traffic) and evicts
+  // inputs the kernel still needs. Changes no value.
+  bool stream_output = false;
   // Marginalised mode only, for the data-parallel path (src/distributed): with column_sums_out
   // the strips stop after pass 1 and store the column sums (op-math, [num_tasks][columns]);
   // with column_sums_in they skip pass 1 and take these sums instead (the global ones).

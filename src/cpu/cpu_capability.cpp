@@ -89,5 +89,16 @@ void set_active_capability(Capability capability) {
   active_level().store(static_cast<int>(capability));
 }
 
+namespace {
+std::atomic<int>& streaming_mode() {
+  static std::atomic<int> mode{static_cast<int>(Streaming::kAuto)};
+  return mode;
+}
+}  // namespace
+
+void set_streaming(Streaming streaming) { streaming_mode().store(static_cast<int>(streaming)); }
+
+Streaming active_streaming() { return static_cast<Streaming>(streaming_mode().load()); }
+
 }  // namespace cpu
 }  // namespace graddrop

@@ -30,5 +30,12 @@ void draw_uniform(Capability capability, uint64_t seed, uint64_t offset, int64_t
 // is refused with c10::Error.
 void set_active_capability(Capability capability);
 
+// When the kernels write the output with non-temporal (streaming) stores: kAuto for outputs
+// larger than the last-level cache (the default), or always, or never (tests and benchmarks
+// compare them; the values written are the same).
+enum class Streaming : int { kAuto = 0, kAlways = 1, kNever = 2 };
+void set_streaming(Streaming streaming);
+Streaming active_streaming();
+
 }  // namespace cpu
 }  // namespace graddrop

@@ -187,11 +187,14 @@ int GroupCall::size() const { return state_->group->getSize(); }
 
 void GroupCall::describe_into(std::vector<int64_t>& slots, CallKey local_key) const {
   const auto& arguments = *state_->arguments;
-  const auto features = feature_shape(arguments);
-  TORCH_CHECK(static_cast<int64_t>(features.size()) <= kMaxFeatureDims,
-              "graddrop: with a process group the activation may have at most ",
-              kMaxFeatureDims, " feature dimensions, got shape ",
-              shape_string(arguments.activation.sizes()));
+  // Refusing a shape here would leave the other ranks waiting: more than kMaxFeatureDims
+  // feature dimensions are described with the trailing ones multiplied into the last slot.
+  auto features = feature_shape(arguments);
+  while (static_cast<int64_t>(features.size()) > kMaxFeatureDims) {
+    const int64_t last = features.back();
+    features.pop_back();
+    features.back() *= last;
+  }
   slots[kMagic] = kMagicValue;
   slots[kTasks] = arguments.num_tasks();
   slots[kDtype] = static_cast<int64_t>(arguments.activation.scalar_type());

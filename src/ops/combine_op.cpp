@@ -237,6 +237,19 @@ CombineArguments prepare_combine(const at::Tensor& activation,
   return arguments;
 }
 
+void check_out(const at::Tensor& out, const at::Tensor& activation) {
+  TORCH_CHECK(out.defined(), "graddrop: out is undefined");
+  TORCH_CHECK(out.sizes() == activation.sizes(), "graddrop: out has shape ",
+              shape_string(out.sizes()), " but the activation has shape ",
+              shape_string(activation.sizes()));
+  TORCH_CHECK(out.scalar_type() == activation.scalar_type(), "graddrop: out has dtype ",
+              out.scalar_type(), " but the activation has dtype ", activation.scalar_type());
+  TORCH_CHECK(out.device() == activation.device(), "graddrop: out is on device ", out.device(),
+              " but the activation is on ", activation.device());
+  TORCH_CHECK(out.is_contiguous() && out.layout() == at::kStrided,
+              "graddrop: out must be a contiguous dense tensor");
+}
+
 at::Tensor zero_accumulators(const CombineArguments& arguments) {
   if (!arguments.needs_accumulators()) return at::Tensor();
   return at::zeros({accumulator_size(arguments.num_tasks())},
@@ -325,6 +338,15 @@ TORCH_LIBRARY(graddrop, m) {
       "Tensor? keep_probability=None, int? seed=None, int offset=0, bool statistics=False, "
       "str? group_name=None) "
       "-> (Tensor, Tensor)");
+  // The output written into a given tensor (GradDropFunction's backward hands over a task
+  // gradient that nothing else holds, saving a fresh allocation and its page faults).
+  m.def(
+      "combine_into(Tensor(a!) out, Tensor activation, Tensor?[] grads, float[] leak=[], "
+      "str sign_source='activation_sign', bool marginalize_batch=True, "
+      "str keep_function='linear', float scale=1.0, str zero_sign='drop', float epsilon=1e-07, "
+      "bool keep_grad_norm=False, Generator? generator=None, Tensor? uniform=None, "
+      "Tensor? keep_probability=None, int? seed=None, int offset=0, bool statistics=False, "
+      "str? group_name=None) -> Tensor");
   m.def(
       "purity(Tensor activation, Tensor?[] grads, str sign_source='activation_sign', "
       "bool marginalize_batch=True, float epsilon=1e-07) -> Tensor",

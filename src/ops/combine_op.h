@@ -27,6 +27,21 @@ using CombineSignature = std::tuple<at::Tensor, at::Tensor>(
     const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
     bool statistics, optional<c10::string_view> group_name);
 
+// combine_into: the same arguments after `out`, which receives the output (it may be one of the
+// task gradients: each kernel reads an element of every input before it writes that element of
+// the output). Returns the statistics tensor.
+using CombineIntoSignature = at::Tensor(
+    at::Tensor& out, const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
+    c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
+    c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
+    bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
+    const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
+    bool statistics, optional<c10::string_view> group_name);
+
+// Refuses an `out` for combine_into that does not have the activation's shape, dtype and device,
+// or is not contiguous, naming what differs.
+void check_out(const at::Tensor& out, const at::Tensor& activation);
+
 using PuritySignature = at::Tensor(const at::Tensor& activation,
                                    const c10::List<optional<at::Tensor>>& grads,
                                    c10::string_view sign_source, bool marginalize_batch,

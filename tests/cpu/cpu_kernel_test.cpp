@@ -488,6 +488,8 @@ TEST(CpuKernel, OneAndTwoThreadsGiveTheSameBits) {
 }
 
 // Every instruction set this CPU runs gives the bits of the baseline kernels.
+// Every instruction set, with the output streamed past the cache or stored plainly, gives the
+// baseline's bits.
 TEST(CpuKernel, InstructionSetsGiveTheSameBits) {
   const auto levels = cpu::supported_capabilities();
   std::cout << "[graddrop tests] CPU kernel levels:";
@@ -516,17 +518,22 @@ TEST(CpuKernel, InstructionSetsGiveTheSameBits) {
           with_capability(cpu::Capability::kBaseline,
                           [&] { baseline = run(grads, activation, options); });
           for (auto level : levels) {
-            SCOPED_TRACE(cpu::to_string(level));
-            Result result;
-            with_capability(level, [&] { result = run(grads, activation, options); });
-            EXPECT_TRUE(testing::bitwise_equal(result.output, baseline.output));
-            EXPECT_EQ(result.statistics.kept_fraction, baseline.statistics.kept_fraction);
-            EXPECT_EQ(result.statistics.conflict_fraction, baseline.statistics.conflict_fraction);
-            // NaN where a column or element saw the NaN gradient; else bit for bit.
-            if (!std::isnan(baseline.statistics.mean_purity)) {
-              EXPECT_EQ(result.statistics.mean_purity, baseline.statistics.mean_purity);
-            } else {
-              EXPECT_TRUE(std::isnan(result.statistics.mean_purity));
+            for (auto streaming : {cpu::Streaming::kNever, cpu::Streaming::kAlways}) {
+              SCOPED_TRACE(cpu::to_string(level) +
+                           (streaming == cpu::Streaming::kAlways ? " streaming" : " plain stores"));
+              Result result;
+              cpu::set_streaming(streaming);
+              with_capability(level, [&] { result = run(grads, activation, options); });
+              cpu::set_streaming(cpu::Streaming::kAuto);
+              EXPECT_TRUE(testing::bitwise_equal(result.output, baseline.output));
+              EXPECT_EQ(result.statistics.kept_fraction, baseline.statistics.kept_fraction);
+              EXPECT_EQ(result.statistics.conflict_fraction, baseline.statistics.conflict_fraction);
+              // NaN where a column or element saw the NaN gradient; else bit for bit.
+              if (!std::isnan(baseline.statistics.mean_purity)) {
+                EXPECT_EQ(result.statistics.mean_purity, baseline.statistics.mean_purity);
+              } else {
+                EXPECT_TRUE(std::isnan(result.statistics.mean_purity));
+              }
             }
           }
         }

@@ -1,0 +1,115 @@
+// combine_into and the layer's backward writing its result into a head gradient that nothing
+// else holds: the same bits as a fresh output, and never a tensor someone else can still see.
+#include <cstdint>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "graddrop/graddrop.h"
+#include "test_support.h"
+
+namespace graddrop {
+namespace {
+
+std::vector<at::Tensor> clones(const std::vector<at::Tensor>& tensors) {
+  std::vector<at::Tensor> result;
+  for (const auto& tensor : tensors) result.push_back(tensor.defined() ? tensor.clone() : tensor);
+  return result;
+}
+
+TEST(CombineInto, WritingIntoATaskGradientGivesCombinesBits) {
+  auto generator = testing::seeded_generator(901);
+  for (const auto dtype : {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}) {
+    for (const bool marginalize : {false, true}) {
+      for (const bool statistics_and_norm : {false, true}) {
+        const int64_t n = 3;
+        const auto options = GradDropOptions(n)
+                                 .marginalize_batch(marginalize)
+                                 .keep_grad_norm(statistics_and_norm)
+                                 .leak(testing::mixed_leaks(n, generator))
+                                 .seed(77);
+        SCOPED_TRACE(testing::describe(options) + " " + c10::toString(dtype));
+        const auto activation = testing::random_activation({37, 301}, dtype, generator);
+        const auto grads = testing::random_grads(activation, n, generator);
+        GradDropStatistics expected_statistics;
+        const auto expected =
+            combine(grads, activation, options, nullopt, nullopt, &expected_statistics);
+        for (int64_t target = 0; target < n; ++target) {
+          auto own = clones(grads);
+          auto out = own[static_cast<size_t>(target)];
+          GradDropStatistics statistics;
+          combine_into(out, own, activation, options, nullopt, nullopt, &statistics);
+          EXPECT_TRUE(testing::bitwise_equal(out, expected)) << "out = grads[" << target << "]";
+          EXPECT_TRUE(testing::statistics_equal(statistics, expected_statistics, 0.0));
+          // The other gradients are untouched.
+          for (int64_t task = 0; task < n; ++task) {
+            if (task == target) continue;
+            EXPECT_TRUE(testing::bitwise_equal(own[static_cast<size_t>(task)],
+                                               grads[static_cast<size_t>(task)]));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CombineInto, RefusesAnOutOfTheWrongShapeOrDtype) {
+  const auto activation = at::randn({4, 8});
+  const std::vector<at::Tensor> grads{at::randn({4, 8}), at::randn({4, 8})};
+  auto wrong_shape = at::empty({4, 9});
+  EXPECT_TRUE(testing::throws_error_containing(
+      [&] { combine_into(wrong_shape, grads, activation); }, {"out has shape [4, 9]"}));
+  auto wrong_dtype = at::empty({4, 8}, at::kDouble);
+  EXPECT_TRUE(testing::throws_error_containing(
+      [&] { combine_into(wrong_dtype, grads, activation); }, {"out has dtype Double"}));
+  auto strided = at::empty({8, 4}).t();
+  EXPECT_TRUE(testing::throws_error_containing([&] { combine_into(strided, grads, activation); },
+                                               {"out must be a contiguous"}));
+}
+
+// A trunk activation that is a leaf, so its .grad is the layer's output itself (autograd keeps
+// an incoming gradient it alone holds), and a hook per head that notes its gradient's address
+// and keeps a copy (or, with `keep`, the gradient itself).
+struct ReuseProbe {
+  at::Tensor activation = at::randn({16, 40}, at::kFloat).requires_grad_(true);
+  GradDropLayer layer{GradDropOptions(2).seed(5)};
+  std::vector<const void*> head_addresses = std::vector<const void*>(2, nullptr);
+  std::vector<at::Tensor> head_gradients = std::vector<at::Tensor>(2);
+
+  at::Tensor backward(bool keep) {
+    auto shared = layer(activation);
+    for (size_t head = 0; head < shared.size(); ++head) {
+      shared[head].register_hook([this, keep, head](const at::Tensor& grad) {
+        head_addresses[head] = grad.data_ptr();
+        head_gradients[head] = keep ? grad : grad.clone();
+      });
+    }
+    const auto weights = at::randn({40, 3});
+    ((shared[0].mm(weights)).pow(2).sum() + (shared[1].mm(weights.flip(1))).sum()).backward();
+    return activation.grad();
+  }
+  at::Tensor expected() const {
+    return combine(head_gradients, activation.detach(), layer->options);
+  }
+};
+
+TEST(LayerOutputReuse, BackwardWritesIntoAHeadGradientNothingElseHolds) {
+  ReuseProbe probe;
+  const auto result = probe.backward(/*keep=*/false);
+  EXPECT_TRUE(result.data_ptr() == probe.head_addresses[0] ||
+              result.data_ptr() == probe.head_addresses[1])
+      << "the layer's output is a fresh tensor although a head gradient was free";
+  EXPECT_TRUE(testing::bitwise_equal(result, probe.expected()));
+}
+
+TEST(LayerOutputReuse, AGradientAHookKeepsIsNeverOverwritten) {
+  ReuseProbe probe;
+  const auto result = probe.backward(/*keep=*/true);
+  for (const auto& kept : probe.head_gradients) EXPECT_NE(result.data_ptr(), kept.data_ptr());
+  // The kept gradients still hold the heads' values: combining them again gives the result.
+  EXPECT_TRUE(testing::bitwise_equal(result, probe.expected()));
+}
+
+}  // namespace
+}  // namespace graddrop
