@@ -269,6 +269,32 @@ TEST_P(GlobalPurity, DataParallelStepEqualsOneProcessOnTheConcatenatedBatch) {
   }
 }
 
+// Without the group in the options, ranks that happen to run together each compute their own
+// batch: the result is the local reference with the rank's own draw.
+TEST_P(GlobalPurity, WithoutTheGroupEachRankComputesItsOwnBatch) {
+  const int size = GetParam();
+  auto generator = testing::seeded_generator(550 + size);
+  std::vector<int64_t> rows(static_cast<size_t>(size), 6);
+  const auto batch = make_batch(rows, {11}, 2, at::kDouble, generator);
+  const uint64_t seed = testing::test_seed() ^ 0x10cu;
+  std::vector<at::Tensor> outputs(static_cast<size_t>(size));
+  testing::run_ranks(size, [&](const RankContext& context) {
+    const auto options = GradDropOptions(2).seed(seed_of_rank(seed, context.rank));
+    outputs[static_cast<size_t>(context.rank)] = combine(
+        batch.local_grads(context.rank), batch.rows_of(batch.activation, context.rank), options);
+  });
+  for (int rank = 0; rank < size; ++rank) {
+    const auto options = GradDropOptions(2).seed(seed_of_rank(seed, rank));
+    const auto activation = batch.rows_of(batch.activation, rank);
+    const auto uniform =
+        testing::philox_uniform_tensor(purity_shape(activation, options), *options.seed(), 0);
+    const auto expected =
+        reference::combine(batch.local_grads(rank), activation, options, uniform).output;
+    EXPECT_LE(max_difference(outputs[static_cast<size_t>(rank)], expected), 1e-12)
+        << "rank " << rank;
+  }
+}
+
 TEST_P(GlobalPurity, PerElementModeStaysLocal) {
   const int size = GetParam();
   auto generator = testing::seeded_generator(500 + size);
