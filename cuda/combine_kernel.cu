@@ -106,12 +106,7 @@ std::tuple<at::Tensor, at::Tensor> combine_cuda_in_group(ops::CombineArguments a
   }
   auto accumulators = ops::zero_accumulators(arguments);
   if (accumulators.defined()) add_partial_rows(partial_rows, accumulators);
-  if (arguments.keep_grad_norm) {
-    const int64_t n = arguments.num_tasks();
-    auto norms = accumulators.narrow(0, ops::output_square_slot(n), 2).clone();
-    group.sum(norms, "summing the squared norms for keep_grad_norm");
-    accumulators.narrow(0, ops::output_square_slot(n), 2).copy_(norms);
-  }
+  if (arguments.keep_grad_norm) group.sum_squared_norms(accumulators);
   return ops::finish_combine(output, accumulators, arguments);
 }
 

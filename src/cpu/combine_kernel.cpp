@@ -344,12 +344,7 @@ std::tuple<at::Tensor, at::Tensor> combine_cpu_in_group(CombineArguments argumen
   }
   // Per-element mode has no batch sum: each rank draws with its own key (README).
   call.run(arguments, accumulators);
-  if (arguments.keep_grad_norm) {
-    const int64_t n = arguments.num_tasks();
-    auto norms = accumulators.narrow(0, ops::output_square_slot(n), 2).clone();
-    group.sum(norms, "summing the squared norms for keep_grad_norm");
-    accumulators.narrow(0, ops::output_square_slot(n), 2).copy_(norms);
-  }
+  if (arguments.keep_grad_norm) group.sum_squared_norms(accumulators);
   return ops::finish_combine(output, accumulators, arguments);
 }
 

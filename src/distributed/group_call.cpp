@@ -321,6 +321,14 @@ void GroupCall::sum(at::Tensor& values, const char* what) {
   state_->wait(state_->group->allreduce(tensors, options), what);
 }
 
+void GroupCall::sum_squared_norms(const at::Tensor& accumulators) {
+  const int64_t first = ops::output_square_slot(state_->arguments->num_tasks());
+  TORCH_INTERNAL_ASSERT(ops::plain_square_slot(state_->arguments->num_tasks()) == first + 1);
+  auto norms = accumulators.narrow(0, first, 2).clone();
+  sum(norms, "summing the squared norms for keep_grad_norm");
+  accumulators.narrow(0, first, 2).copy_(norms);
+}
+
 std::string registered_group_name(const c10::intrusive_ptr<c10d::ProcessGroup>& group) {
   TORCH_CHECK(group, "graddrop: the process group is null");
   std::string name = group->getGroupName();
@@ -353,6 +361,7 @@ GroupCall::GroupCall(const std::string& group_name, const ops::CombineArguments&
 GroupCall::~GroupCall() = default;
 CallKey GroupCall::exchange(CallKey key, const at::Tensor&) { return key; }
 void GroupCall::sum(at::Tensor&, const char*) {}
+void GroupCall::sum_squared_norms(const at::Tensor&) {}
 int GroupCall::rank() const { return 0; }
 int GroupCall::size() const { return 1; }
 

@@ -49,6 +49,10 @@ class GroupCall {
   // Sums `values` (contiguous, on the activation's device) over the ranks, in place.
   void sum(at::Tensor& values, const char* what);
 
+  // Step 2, keep_grad_norm: sums the kernels' two squared norms (ops::output_square_slot and
+  // plain_square_slot of the accumulators) over the ranks, in place.
+  void sum_squared_norms(const at::Tensor& accumulators);
+
   int rank() const;
   int size() const;
 

@@ -269,6 +269,22 @@ TEST_P(GlobalPurity, DataParallelStepEqualsOneProcessOnTheConcatenatedBatch) {
   }
 }
 
+// Each rank's output equals the float64 reference on its own rows with its own draw.
+void expect_local_results(const GlobalBatch& batch, const std::vector<at::Tensor>& outputs,
+                          const GradDropOptions& base, uint64_t seed) {
+  for (int rank = 0; rank < static_cast<int>(outputs.size()); ++rank) {
+    auto options = base;
+    options.seed(seed_of_rank(seed, rank));
+    const auto activation = batch.rows_of(batch.activation, rank);
+    const auto uniform =
+        testing::philox_uniform_tensor(purity_shape(activation, options), *options.seed(), 0);
+    const auto expected =
+        reference::combine(batch.local_grads(rank), activation, options, uniform).output;
+    EXPECT_LE(max_difference(outputs[static_cast<size_t>(rank)], expected), 1e-12)
+        << "rank " << rank;
+  }
+}
+
 // Without the group in the options, ranks that happen to run together each compute their own
 // batch: the result is the local reference with the rank's own draw.
 TEST_P(GlobalPurity, WithoutTheGroupEachRankComputesItsOwnBatch) {
@@ -283,16 +299,7 @@ TEST_P(GlobalPurity, WithoutTheGroupEachRankComputesItsOwnBatch) {
     outputs[static_cast<size_t>(context.rank)] = combine(
         batch.local_grads(context.rank), batch.rows_of(batch.activation, context.rank), options);
   });
-  for (int rank = 0; rank < size; ++rank) {
-    const auto options = GradDropOptions(2).seed(seed_of_rank(seed, rank));
-    const auto activation = batch.rows_of(batch.activation, rank);
-    const auto uniform =
-        testing::philox_uniform_tensor(purity_shape(activation, options), *options.seed(), 0);
-    const auto expected =
-        reference::combine(batch.local_grads(rank), activation, options, uniform).output;
-    EXPECT_LE(max_difference(outputs[static_cast<size_t>(rank)], expected), 1e-12)
-        << "rank " << rank;
-  }
+  expect_local_results(batch, outputs, GradDropOptions(2), seed);
 }
 
 TEST_P(GlobalPurity, PerElementModeStaysLocal) {
@@ -309,16 +316,7 @@ TEST_P(GlobalPurity, PerElementModeStaysLocal) {
     outputs[static_cast<size_t>(context.rank)] = combine(
         batch.local_grads(context.rank), batch.rows_of(batch.activation, context.rank), local);
   });
-  for (int rank = 0; rank < size; ++rank) {
-    auto local = options;
-    local.seed(seed_of_rank(seed, rank));
-    const auto activation = batch.rows_of(batch.activation, rank);
-    const auto uniform = testing::philox_uniform_tensor(activation.sizes(), *local.seed(), 0);
-    const auto expected =
-        reference::combine(batch.local_grads(rank), activation, local, uniform).output;
-    EXPECT_LE(max_difference(outputs[static_cast<size_t>(rank)], expected), 1e-12)
-        << "rank " << rank;
-  }
+  expect_local_results(batch, outputs, options, seed);
 }
 
 TEST_P(GlobalPurity, MismatchedFeatureShapesFailOnEveryRankNamingGroupAndShapes) {
