@@ -108,6 +108,32 @@ MarginalizedPlan plan_marginalized(const ops::CombineArguments& arguments, int c
   return plan;
 }
 
+// The parameters every phase shares: the call's tensors and settings and the plan's strip width.
+// `output` may be undefined (kColumnSums writes none).
+template <typename scalar_t, typename opmath_t, class Tasks>
+MarginalizedParams<scalar_t, opmath_t, Tasks> common_params(
+    const ops::CombineArguments& arguments, const DrawKey& key, const at::Tensor& output,
+    const Tasks& tasks, const MarginalizedPlan& plan, const at::Tensor& statistics) {
+  MarginalizedParams<scalar_t, opmath_t, Tasks> params{};
+  params.activation = arguments.activation.data_ptr<scalar_t>();
+  params.output = output.defined() ? output.data_ptr<scalar_t>() : nullptr;
+  params.tasks = tasks;
+  params.num_tasks = static_cast<int>(arguments.num_tasks());
+  params.keep_probability = keep_probability_of<opmath_t>(arguments);
+  params.random = random_source_of<opmath_t>(arguments, key);
+  params.math = math_settings_of<opmath_t>(arguments);
+  params.rows = arguments.rows;
+  params.columns = arguments.columns;
+  params.strip_width = plan.width;
+  params.chunks_per_part = plan.chunks_per_part;
+  params.vectorized = arguments.columns % 4 == 0 &&
+                      all_aligned(arguments, output.defined() ? output : arguments.activation,
+                                  vector_alignment<scalar_t, 4>());
+  params.cache = plan.cache;
+  params.statistics = statistics.defined() ? statistics.data_ptr<double>() : nullptr;
+  return params;
+}
+
 template <typename scalar_t, typename opmath_t, class Tasks, bool kStatistics>
 at::Tensor launch_marginalized_with(const ops::CombineArguments& arguments, const DrawKey& key,
                                     const at::Tensor& output, const Tasks& tasks) {
@@ -123,22 +149,7 @@ at::Tensor launch_marginalized_with(const ops::CombineArguments& arguments, cons
   const at::Tensor statistics = statistics_rows(arguments, groups + chunks * groups);
   const unsigned threads = static_cast<unsigned>(2 * plan.width);
 
-  MarginalizedParams<scalar_t, opmath_t, Tasks> params{};
-  params.activation = arguments.activation.data_ptr<scalar_t>();
-  params.output = output.data_ptr<scalar_t>();
-  params.tasks = tasks;
-  params.num_tasks = static_cast<int>(n);
-  params.keep_probability = keep_probability_of<opmath_t>(arguments);
-  params.random = random_source_of<opmath_t>(arguments, key);
-  params.math = math_settings_of<opmath_t>(arguments);
-  params.rows = arguments.rows;
-  params.columns = arguments.columns;
-  params.strip_width = plan.width;
-  params.chunks_per_part = plan.chunks_per_part;
-  params.vectorized =
-      arguments.columns % 4 == 0 && all_aligned(arguments, output, vector_alignment<scalar_t, 4>());
-  params.cache = plan.cache;
-  params.statistics = statistics.defined() ? statistics.data_ptr<double>() : nullptr;
+  auto params = common_params<scalar_t, opmath_t>(arguments, key, output, tasks, plan, statistics);
 
   if (plan.fused) {
     params.phase = MarginalizedPhase::kFused;
@@ -189,21 +200,9 @@ at::Tensor launch_data_parallel_with(const ops::CombineArguments& arguments, con
       given ? statistics_rows(arguments, groups + chunks * groups) : at::Tensor();
   const unsigned threads = static_cast<unsigned>(2 * plan.width);
 
-  MarginalizedParams<scalar_t, opmath_t, Tasks> params{};
-  params.activation = arguments.activation.data_ptr<scalar_t>();
-  params.output = given ? output.data_ptr<scalar_t>() : nullptr;
-  params.tasks = tasks;
-  params.num_tasks = static_cast<int>(n);
-  params.keep_probability = keep_probability_of<opmath_t>(arguments);
-  params.random = random_source_of<opmath_t>(arguments, key);
-  params.math = math_settings_of<opmath_t>(arguments);
-  params.rows = arguments.rows;
-  params.columns = arguments.columns;
-  params.strip_width = plan.width;
-  params.vectorized = arguments.columns % 4 == 0 &&
-                      all_aligned(arguments, given ? output : arguments.activation,
-                                  vector_alignment<scalar_t, 4>());
-  params.cache = false;
+  plan.cache = false;
+  auto params = common_params<scalar_t, opmath_t>(arguments, key, given ? output : at::Tensor(),
+                                                  tasks, plan, statistics);
   params.phase = phase;
   params.coefficients = sums.data_ptr<opmath_t>();
   params.statistics = statistics.defined() ? statistics.data_ptr<double>() : nullptr;
