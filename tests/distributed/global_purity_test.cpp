@@ -66,6 +66,26 @@ double max_difference(const at::Tensor& a, const at::Tensor& b) {
 // Rank 0 uses seed `seed`; every other rank a different one, which must not matter.
 uint64_t seed_of_rank(uint64_t seed, int rank) { return rank == 0 ? seed : seed + 1000 + rank; }
 
+// Every rank combines its own rows of `batch` with `base`, its own seed (seed_of_rank) and, when
+// `in_group`, the group; returns the outputs (and, if asked, the statistics) by rank.
+std::vector<at::Tensor> combine_on_ranks(const GlobalBatch& batch, const GradDropOptions& base,
+                                         uint64_t seed, bool in_group,
+                                         std::vector<GradDropStatistics>* statistics = nullptr) {
+  const int size = static_cast<int>(batch.rank_rows.size());
+  std::vector<at::Tensor> outputs(static_cast<size_t>(size));
+  if (statistics != nullptr) statistics->assign(static_cast<size_t>(size), {});
+  testing::run_ranks(size, [&](const RankContext& context) {
+    const auto rank = static_cast<size_t>(context.rank);
+    auto options = base;
+    options.seed(seed_of_rank(seed, context.rank));
+    if (in_group) options.process_group(context.group);
+    outputs[rank] = combine(batch.local_grads(context.rank),
+                            batch.rows_of(batch.activation, context.rank), options, nullopt,
+                            nullopt, statistics != nullptr ? &(*statistics)[rank] : nullptr);
+  });
+  return outputs;
+}
+
 struct OptionsCase {
   const char* name;
   GradDropOptions options;
@@ -95,16 +115,8 @@ void expect_global_result(const GlobalBatch& batch, const GradDropOptions& base,
                           const std::string& label) {
   const int size = static_cast<int>(batch.rank_rows.size());
   const uint64_t seed = testing::test_seed() ^ 0x5eedu;
-  std::vector<at::Tensor> outputs(static_cast<size_t>(size));
-  std::vector<GradDropStatistics> statistics(static_cast<size_t>(size));
-  testing::run_ranks(size, [&](const RankContext& context) {
-    auto options = base;
-    options.process_group(context.group).seed(seed_of_rank(seed, context.rank));
-    auto& slot = statistics[static_cast<size_t>(context.rank)];
-    outputs[static_cast<size_t>(context.rank)] =
-        combine(batch.local_grads(context.rank), batch.rows_of(batch.activation, context.rank),
-                options, nullopt, nullopt, &slot);
-  });
+  std::vector<GradDropStatistics> statistics;
+  const auto outputs = combine_on_ranks(batch, base, seed, /*in_group=*/true, &statistics);
   const auto uniform =
       testing::philox_uniform_tensor(purity_shape(batch.activation, base), seed, 0);
   const auto expected = reference::combine(batch.grads, batch.activation, base, uniform);
@@ -146,13 +158,7 @@ TEST_P(GlobalPurity, Float32AndBFloat16FollowTheGlobalBatch) {
     const auto batch = make_batch(rows, {64}, 2, dtype, generator);
     const auto options = GradDropOptions(2);
     const uint64_t seed = testing::test_seed() ^ 0xb16u;
-    std::vector<at::Tensor> outputs(static_cast<size_t>(size));
-    testing::run_ranks(size, [&](const RankContext& context) {
-      auto local = options;
-      local.process_group(context.group).seed(seed_of_rank(seed, context.rank));
-      outputs[static_cast<size_t>(context.rank)] = combine(
-          batch.local_grads(context.rank), batch.rows_of(batch.activation, context.rank), local);
-    });
+    const auto outputs = combine_on_ranks(batch, options, seed, /*in_group=*/true);
     // Against one process's kernel on the global batch, in the same op-math: only the order
     // of the column sums differs (local sums, then across ranks), so every mask agrees unless
     // U lies within rounding of f(P) (the float64 reference would differ there already).
@@ -293,12 +299,7 @@ TEST_P(GlobalPurity, WithoutTheGroupEachRankComputesItsOwnBatch) {
   std::vector<int64_t> rows(static_cast<size_t>(size), 6);
   const auto batch = make_batch(rows, {11}, 2, at::kDouble, generator);
   const uint64_t seed = testing::test_seed() ^ 0x10cu;
-  std::vector<at::Tensor> outputs(static_cast<size_t>(size));
-  testing::run_ranks(size, [&](const RankContext& context) {
-    const auto options = GradDropOptions(2).seed(seed_of_rank(seed, context.rank));
-    outputs[static_cast<size_t>(context.rank)] = combine(
-        batch.local_grads(context.rank), batch.rows_of(batch.activation, context.rank), options);
-  });
+  const auto outputs = combine_on_ranks(batch, GradDropOptions(2), seed, /*in_group=*/false);
   expect_local_results(batch, outputs, GradDropOptions(2), seed);
 }
 
@@ -309,13 +310,7 @@ TEST_P(GlobalPurity, PerElementModeStaysLocal) {
   const auto batch = make_batch(rows, {9}, 2, at::kDouble, generator);
   const auto options = GradDropOptions(2).marginalize_batch(false);
   const uint64_t seed = testing::test_seed() ^ 0xe1u;
-  std::vector<at::Tensor> outputs(static_cast<size_t>(size));
-  testing::run_ranks(size, [&](const RankContext& context) {
-    auto local = options;
-    local.process_group(context.group).seed(seed_of_rank(seed, context.rank));
-    outputs[static_cast<size_t>(context.rank)] = combine(
-        batch.local_grads(context.rank), batch.rows_of(batch.activation, context.rank), local);
-  });
+  const auto outputs = combine_on_ranks(batch, options, seed, /*in_group=*/true);
   expect_local_results(batch, outputs, options, seed);
 }
 
