@@ -211,8 +211,9 @@ double purity_tolerance(at::ScalarType dtype) { return dtype == at::kDouble ? 1e
 void check_case(const Case& c, at::Generator& generator) {
   SCOPED_TRACE(describe(c));
   auto activation = testing::random_activation(c.shape, c.dtype, generator);
-  auto grads = testing::random_grads(activation, c.options.num_tasks(), generator,
-                                     c.undefined_every);
+  auto grads = testing::decided_signals(
+      testing::random_grads(activation, c.options.num_tasks(), generator, c.undefined_every),
+      activation, c.options);
   if (!c.contiguous) {
     activation = testing::non_contiguous_copy(activation);
     for (auto& grad : grads) {

@@ -265,7 +265,8 @@ TEST(CpuKernel, MatchesReferenceForEveryTaskCountModeAndDtype) {
         SCOPED_TRACE(testing::describe(options) + " dtype=" + dtype_name(dtype));
         const auto activation = testing::random_activation(shape_for(marginalize), dtype,
                                                            generator);
-        const auto grads = testing::random_grads(activation, n, generator, n > 2 ? 3 : 0);
+        const auto grads = testing::decided_signals(
+            testing::random_grads(activation, n, generator, n > 2 ? 3 : 0), activation, options);
         const auto uniform = testing::separated_uniform(grads, activation, options, generator);
         const auto expected = reference::combine(grads, activation, options, uniform);
         const auto actual = run(grads, activation, options, uniform);
@@ -293,7 +294,8 @@ TEST(CpuKernel, MatchesReferenceForSignSourcesAndKeepFunctions) {
           SCOPED_TRACE(testing::describe(options));
           const auto activation =
               testing::random_activation(shape_for(marginalize), at::kFloat, generator);
-          const auto grads = testing::random_grads(activation, n, generator);
+          const auto grads = testing::decided_signals(
+              testing::random_grads(activation, n, generator), activation, options);
           const auto uniform = testing::separated_uniform(grads, activation, options, generator);
           const auto expected = reference::combine(grads, activation, options, uniform);
           EXPECT_TRUE(testing::close_to_reference(run(grads, activation, options, uniform).output,
@@ -313,7 +315,8 @@ TEST(CpuKernel, MarginalisedUncachedStripsMatchReference) {
       auto options = GradDropOptions(n).keep_grad_norm(true);
       SCOPED_TRACE(testing::describe(options) + " dtype=" + dtype_name(dtype));
       const auto activation = testing::random_activation({12000, 37}, dtype, generator);
-      const auto grads = testing::random_grads(activation, n, generator);
+      const auto grads = testing::decided_signals(testing::random_grads(activation, n, generator),
+                                                  activation, options);
       const auto uniform = testing::separated_uniform(grads, activation, options, generator);
       const auto expected = reference::combine(grads, activation, options, uniform);
       const auto actual = run(grads, activation, options, uniform);

@@ -73,6 +73,39 @@ std::vector<double> mixed_leaks(int64_t num_tasks, at::Generator& generator) {
   return leaks;
 }
 
+std::vector<at::Tensor> decided_signals(std::vector<at::Tensor> grads, const at::Tensor& activation,
+                                        const GradDropOptions& options, double margin) {
+  if (!options.marginalize_batch() || activation.dim() < 2 || activation.numel() == 0) {
+    return grads;
+  }
+  // The per-element reference's signals are the terms of the marginalised column sums.
+  auto per_element = options;
+  per_element.marginalize_batch(false);
+  const auto any_uniform = at::zeros(activation.sizes(), at::TensorOptions().dtype(at::kFloat));
+  const auto terms = reference::combine(grads, activation, per_element, any_uniform).signals;
+  const int64_t rows = activation.size(0);
+  for (size_t task = 0; task < grads.size(); ++task) {
+    if (!grads[task].defined()) continue;
+    const auto task_terms = terms[task].reshape({rows, -1});
+    const auto sums = task_terms.sum(0);
+    const auto undecided = sums.abs() < margin * task_terms.abs().sum(0);
+    const auto columns = at::nonzero(undecided).squeeze(1);
+    if (columns.numel() == 0) continue;
+    const auto largest_row = task_terms.abs().argmax(0);
+    const auto largest = task_terms.gather(0, largest_row.unsqueeze(0)).squeeze(0);
+    // Tripling a term of the sum's sign adds twice it; negating one of the other sign removes
+    // twice it: either way |G_i| grows by 2 |t|, at least 2 / (rows + 2) of the new magnitudes.
+    const auto factor =
+        at::where((sums * largest) >= 0, at::full_like(sums, 3.0), at::full_like(sums, -1.0));
+    // A copy: the caller's tensors stay as they are.
+    auto values = grads[task].to(at::kDouble).contiguous().clone().view(-1);
+    const auto positions = largest_row.index_select(0, columns) * task_terms.size(1) + columns;
+    values.scatter_(0, positions, values.take(positions) * factor.index_select(0, columns));
+    grads[task] = values.view(grads[task].sizes()).to(grads[task].scalar_type());
+  }
+  return grads;
+}
+
 at::Tensor separated_uniform(const std::vector<at::Tensor>& grads, const at::Tensor& activation,
                              const GradDropOptions& options, at::Generator& generator,
                              double margin) {

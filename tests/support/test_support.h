@@ -38,6 +38,14 @@ at::Tensor random_activation(at::IntArrayRef sizes, at::ScalarType dtype,
 // Per-task leaks mixed in [0, 1], including 0 and 1 when n allows.
 std::vector<double> mixed_leaks(int64_t num_tasks, at::Generator& generator);
 
+// In marginalised mode, `grads` with every column signal G_i at least `margin` times the sum of
+// its terms' magnitudes away from zero, so that a float kernel's column sum has the float64
+// reference's sign (a sum within rounding of zero could go either way). In each undecided
+// column the term of largest magnitude is tripled or negated, whichever pushes the sum away
+// from zero. Per-element mode: the grads as they are (a product's sign is exact).
+std::vector<at::Tensor> decided_signals(std::vector<at::Tensor> grads, const at::Tensor& activation,
+                                        const GradDropOptions& options, double margin = 1e-4);
+
 // U of the purity's shape, drawn fresh, then moved at least `margin` away from the float64
 // reference's f(P) so that an op-math float kernel decides every mask as float64 does. Values
 // stay in [0, 1).
