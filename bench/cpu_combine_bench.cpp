@@ -6,6 +6,9 @@
 //   fused/<mode>/<dtype>/n<n>/N<N>      graddrop::combine with a fixed seed (Philox U)
 //   fused_plain/..., fused_stream/...   the same with normal or streaming stores only
 //                                      (--compare_stores)
+//   fused_into/<mode>/<dtype>/n<n>/N<N> graddrop::combine_into a preallocated output, as the
+//                                      layer's backward runs it (--compare_into): no fresh
+//                                      output, so none of its page faults
 //   reference/<mode>/<dtype>/n<n>/N<N>  reference::combine_in(..., at::kFloat): one ATen
 //                                      operation at a time, float32, the same U
 //   copy/<dtype>/n<n>/N<N>             dst.copy_(src), each (n + 2) * N * sizeof(T) / 2 bytes
@@ -26,6 +29,7 @@
 //   --compare_stores  also run fused_plain/... (normal stores only) and fused_stream/... (the
 //                   output always streamed past the cache); the default (fused/) streams outputs
 //                   larger than the last-level cache (cpu::Streaming)
+//   --compare_into  also run fused_into/...
 // The full matrix (4 N x 3 n x 2 dtypes x 2 modes) takes about 5-8 minutes on 2 cores, most of
 // it in the reference at N = 64M; the largest configuration (64M x n = 8, float32) holds 2.5 GB
 // of inputs and the reference about 8 GB more while it runs.
@@ -61,6 +65,7 @@ struct Settings {
   std::vector<at::ScalarType> dtypes = {at::kFloat, at::kBFloat16};
   bool reference = true;
   bool compare_stores = false;
+  bool compare_into = false;
   std::string capability;  // empty: the library's choice
 };
 
@@ -124,6 +129,8 @@ Settings parse_settings(int* argc, char** argv) {
       settings.reference = false;
     } else if (argument == "--compare_stores") {
       settings.compare_stores = true;
+    } else if (argument == "--compare_into") {
+      settings.compare_into = true;
     } else {
       argv[kept++] = argv[i];
     }
@@ -197,6 +204,20 @@ void run_fused(benchmark::State& state, Config config, bool marginalize,
   graddrop::cpu::set_streaming(graddrop::cpu::Streaming::kAuto);
 }
 
+void run_fused_into(benchmark::State& state, Config config, bool marginalize) {
+  auto& inputs = inputs_for(config);
+  const auto options = options_for(config, marginalize);
+  auto output = at::zeros_like(inputs.activation);  // touched once, before the timing
+  for (int warm = 0; warm < 2; ++warm) {
+    graddrop::combine_into(output, inputs.grads, inputs.activation, options);
+  }
+  for (auto _ : state) {
+    graddrop::combine_into(output, inputs.grads, inputs.activation, options);
+    benchmark::DoNotOptimize(output.data_ptr());
+  }
+  state.SetBytesProcessed(state.iterations() * config.bytes());
+}
+
 void run_reference(benchmark::State& state, Config config, bool marginalize) {
   auto& inputs = inputs_for(config);
   const auto options = options_for(config, marginalize);
@@ -257,9 +278,9 @@ void print_summary(const std::vector<Config>& configs,
                    const std::map<std::string, double>& seconds) {
   std::printf("\nSummary: bytes/s of (n + 2) * N * sizeof(T); fused/ref = speed-up over the "
               "composed-ATen formula, fused/copy = fraction of the same-run copy bytes/s\n");
-  std::printf("%-6s %-9s %3s %5s | %10s %10s %10s %10s %10s | %9s %10s\n", "mode", "dtype",
-              "n", "N", "fused GB/s", "plain GB/s", "stream GB/s", "ref GB/s", "copy GB/s",
-              "fused/ref", "fused/copy");
+  std::printf("%-6s %-9s %3s %5s | %10s %10s %10s %10s %10s %10s | %9s %10s %10s\n", "mode",
+              "dtype", "n", "N", "fused GB/s", "plain GB/s", "stream GB/s", "into GB/s",
+              "ref GB/s", "copy GB/s", "fused/ref", "fused/copy", "into/copy");
   for (const char* mode : {"elem", "marg"}) {
     for (const auto& config : configs) {
       const double bytes = static_cast<double>(config.bytes());
@@ -269,11 +290,14 @@ void print_summary(const std::vector<Config>& configs,
           lookup(seconds, std::string("fused_plain/") + mode + "/" + config.key());
       const double streamed =
           lookup(seconds, std::string("fused_stream/") + mode + "/" + config.key());
+      const double into = lookup(seconds, std::string("fused_into/") + mode + "/" + config.key());
       const double copy = lookup(seconds, "copy/" + config.key());
       if (fused == 0.0) continue;
       auto rate = [&](double time) { return time > 0.0 ? bytes / time / 1e9 : 0.0; };
       char ref_text[32] = "-", speedup_text[32] = "-", copy_text[32] = "-", fraction_text[32] = "-";
-      char plain_text[32] = "-", stream_text[32] = "-";
+      char plain_text[32] = "-", stream_text[32] = "-", into_text[32] = "-";
+      char into_fraction_text[32] = "-";
+      if (into > 0.0) std::snprintf(into_text, sizeof(into_text), "%.2f", rate(into));
       if (plain > 0.0) std::snprintf(plain_text, sizeof(plain_text), "%.2f", rate(plain));
       if (streamed > 0.0) std::snprintf(stream_text, sizeof(stream_text), "%.2f", rate(streamed));
       if (ref > 0.0) {
@@ -283,11 +307,16 @@ void print_summary(const std::vector<Config>& configs,
       if (copy > 0.0) {
         std::snprintf(copy_text, sizeof(copy_text), "%.2f", rate(copy));
         std::snprintf(fraction_text, sizeof(fraction_text), "%.0f%%", 100.0 * copy / fused);
+        if (into > 0.0) {
+          std::snprintf(into_fraction_text, sizeof(into_fraction_text), "%.0f%%",
+                        100.0 * copy / into);
+        }
       }
-      std::printf("%-6s %-9s %3lld %5s | %10.2f %10s %10s %10s %10s | %9s %10s\n", mode,
-                  dtype_name(config.dtype).c_str(), static_cast<long long>(config.tasks),
-                  size_name(config.numel).c_str(), rate(fused), plain_text, stream_text, ref_text,
-                  copy_text, speedup_text, fraction_text);
+      std::printf("%-6s %-9s %3lld %5s | %10.2f %10s %10s %10s %10s %10s | %9s %10s %10s\n",
+                  mode, dtype_name(config.dtype).c_str(), static_cast<long long>(config.tasks),
+                  size_name(config.numel).c_str(), rate(fused), plain_text, stream_text,
+                  into_text, ref_text, copy_text, speedup_text, fraction_text,
+                  into_fraction_text);
     }
   }
 }
@@ -330,6 +359,12 @@ int main(int argc, char** argv) {
             ->UseRealTime();
         benchmark::RegisterBenchmark(("fused_stream/" + mode + config.key()).c_str(), run_fused,
                                      config, marginalize, graddrop::cpu::Streaming::kAlways)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
+      if (settings.compare_into) {
+        benchmark::RegisterBenchmark(("fused_into/" + mode + config.key()).c_str(),
+                                     run_fused_into, config, marginalize)
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime();
       }
