@@ -12,6 +12,8 @@
 //   reference/<mode>/<dtype>/n<n>/N<N>  reference::combine_in(..., at::kFloat): one ATen
 //                                      operation at a time, float32, the same U
 //   copy/<dtype>/n<n>/N<N>             dst.copy_(src), each (n + 2) * N * sizeof(T) / 2 bytes
+//   draw/<capability>                  the Philox draw of U alone, 64K values in the L2 cache
+//                                      (pure arithmetic: per-element mode draws one per element)
 //
 // mode: elem (per element, activation [N]) or marg (marginalised, [256, N / 256]).
 // After the runs a summary table gives, per configuration, fused / reference speed-up and fused
@@ -241,6 +243,17 @@ void run_copy(benchmark::State& state, Config config) {
   state.SetBytesProcessed(state.iterations() * config.bytes());
 }
 
+void run_draw(benchmark::State& state, graddrop::cpu::Capability capability) {
+  constexpr int64_t kValues = 65536;
+  std::vector<float> uniform(kValues);
+  for (auto _ : state) {
+    graddrop::cpu::draw_uniform(capability, 1, 0, 0, kValues, uniform.data());
+    benchmark::DoNotOptimize(uniform.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * kValues);
+}
+
 // Keeps each benchmark's best seconds per iteration (over --benchmark_repetitions) for the
 // summary, and prints as usual.
 class SummaryReporter : public benchmark::ConsoleReporter {
@@ -378,6 +391,12 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("copy/" + config.key()).c_str(), run_copy, config)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
+  }
+
+  for (auto level : graddrop::cpu::supported_capabilities()) {
+    benchmark::RegisterBenchmark(("draw/" + graddrop::cpu::to_string(level)).c_str(), run_draw,
+                                 level)
+        ->Unit(benchmark::kMicrosecond);
   }
 
   benchmark::Initialize(&argc, argv);
