@@ -350,9 +350,6 @@ struct Buffers {
 
 // ---- The per-position math, vectorised over positions ---------------------------------------
 
-// U for logical indices [first, first + count), first a multiple of 4: one Philox call per group
-// of four, the groups of a whole block side by side (detail/philox_simd.h where the instruction
-// set has it). Writes a multiple of 4 values.
 #if defined(__AVX512F__)
 constexpr int64_t kPhiloxLanes = 16;  // groups per vector register
 #elif defined(__AVX2__)
@@ -377,6 +374,9 @@ void draw_vector_groups(uint64_t seed, uint64_t offset, uint64_t first_group, O*
 }
 #endif
 
+// U for logical indices [first, first + count), first a multiple of 4: one Philox call per group
+// of four, the groups of a whole block side by side (detail/philox_simd.h where the instruction
+// set has it). Writes a multiple of 4 values.
 template <typename O>
 void draw_uniform(uint64_t seed, uint64_t offset, int64_t first, int64_t count, O* uniform) {
   const int64_t groups = (count + 3) / 4;
