@@ -113,8 +113,11 @@ at::Tensor separated_uniform(const std::vector<at::Tensor>& grads, const at::Ten
                          ? activation.sizes().slice(1).vec()
                          : activation.sizes().vec();
   auto uniform = at::rand(shape, generator, at::TensorOptions().dtype(at::kFloat));
-  // The reference's f(P) does not depend on U: compute it with any U.
-  const auto keep = reference::combine(grads, activation, options, uniform).keep_probability;
+  // The reference's f(P) does not depend on U: compute it with any U. Clamped to [0, 1]: a U
+  // at the clamped value (U = 0 against f(P) < 0) would tie with an explicit keep probability
+  // built from it, and moving U off [0, 1]'s ends changes no mask for f(P) outside them.
+  const auto keep = reference::combine(grads, activation, options, uniform)
+                        .keep_probability.clamp(0.0, 1.0);
   auto draw = uniform.to(at::kDouble);
   const auto too_close = (draw - keep).abs() < margin;
   // Move U to the side of f(P) it was on, `2 * margin` away, flipping side at the ends.
