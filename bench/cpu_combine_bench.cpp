@@ -297,39 +297,32 @@ void print_summary(const std::vector<Config>& configs,
   for (const char* mode : {"elem", "marg"}) {
     for (const auto& config : configs) {
       const double bytes = static_cast<double>(config.bytes());
-      const double fused = lookup(seconds, std::string("fused/") + mode + "/" + config.key());
-      const double ref = lookup(seconds, std::string("reference/") + mode + "/" + config.key());
-      const double plain =
-          lookup(seconds, std::string("fused_plain/") + mode + "/" + config.key());
-      const double streamed =
-          lookup(seconds, std::string("fused_stream/") + mode + "/" + config.key());
-      const double into = lookup(seconds, std::string("fused_into/") + mode + "/" + config.key());
-      const double copy = lookup(seconds, "copy/" + config.key());
+      // Seconds per call of a variant of this mode and configuration (0 when it did not run).
+      auto time_of = [&](const std::string& variant) {
+        return lookup(seconds, variant + "/" + mode + "/" + config.key());
+      };
+      const double fused = time_of("fused");
       if (fused == 0.0) continue;
-      auto rate = [&](double time) { return time > 0.0 ? bytes / time / 1e9 : 0.0; };
-      char ref_text[32] = "-", speedup_text[32] = "-", copy_text[32] = "-", fraction_text[32] = "-";
-      char plain_text[32] = "-", stream_text[32] = "-", into_text[32] = "-";
-      char into_fraction_text[32] = "-";
-      if (into > 0.0) std::snprintf(into_text, sizeof(into_text), "%.2f", rate(into));
-      if (plain > 0.0) std::snprintf(plain_text, sizeof(plain_text), "%.2f", rate(plain));
-      if (streamed > 0.0) std::snprintf(stream_text, sizeof(stream_text), "%.2f", rate(streamed));
-      if (ref > 0.0) {
-        std::snprintf(ref_text, sizeof(ref_text), "%.2f", rate(ref));
-        std::snprintf(speedup_text, sizeof(speedup_text), "%.1fx", ref / fused);
-      }
-      if (copy > 0.0) {
-        std::snprintf(copy_text, sizeof(copy_text), "%.2f", rate(copy));
-        std::snprintf(fraction_text, sizeof(fraction_text), "%.0f%%", 100.0 * copy / fused);
-        if (into > 0.0) {
-          std::snprintf(into_fraction_text, sizeof(into_fraction_text), "%.0f%%",
-                        100.0 * copy / into);
-        }
-      }
-      std::printf("%-6s %-9s %3lld %5s | %10.2f %10s %10s %10s %10s %10s | %9s %10s %10s\n",
+      const double into = time_of("fused_into");
+      const double ref = time_of("reference");
+      const double copy = lookup(seconds, "copy/" + config.key());
+      // "-" where a variant did not run.
+      auto text = [](bool known, const char* format, double value) {
+        char buffer[32] = "-";
+        if (known) std::snprintf(buffer, sizeof(buffer), format, value);
+        return std::string(buffer);
+      };
+      auto rate = [&](double time) { return text(time > 0.0, "%.2f", bytes / time / 1e9); };
+      auto copy_share = [&](double time) {
+        return text(copy > 0.0 && time > 0.0, "%.0f%%", 100.0 * copy / time);
+      };
+      std::printf("%-6s %-9s %3lld %5s | %10s %10s %10s %10s %10s %10s | %9s %10s %10s\n",
                   mode, dtype_name(config.dtype).c_str(), static_cast<long long>(config.tasks),
-                  size_name(config.numel).c_str(), rate(fused), plain_text, stream_text,
-                  into_text, ref_text, copy_text, speedup_text, fraction_text,
-                  into_fraction_text);
+                  size_name(config.numel).c_str(), rate(fused).c_str(),
+                  rate(time_of("fused_plain")).c_str(), rate(time_of("fused_stream")).c_str(),
+                  rate(into).c_str(), rate(ref).c_str(), rate(copy).c_str(),
+                  text(ref > 0.0, "%.1fx", ref / fused).c_str(), copy_share(fused).c_str(),
+                  copy_share(into).c_str());
     }
   }
 }
