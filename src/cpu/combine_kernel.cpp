@@ -10,9 +10,6 @@
 // keep_grad_norm's norms are therefore bit-identical whatever the thread count, and the strip
 // width (which depends on the cache size and thread count) only changes the speed.
 #include <unistd.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -38,8 +35,6 @@ using ops::CombineArguments;
 
 // Below this many elements one thread does everything: a parallel region costs more.
 constexpr int64_t kSerialElements = 32768;
-// Outputs at least this large are backed by transparent huge pages where the kernel allows it.
-constexpr int64_t kHugePageOutputBytes = int64_t(8) << 20;
 // Strip width when even kColumnGroup columns of all rows do not fit the cache budget: the two
 // passes then read the gradients from memory twice, in long row segments.
 constexpr int64_t kUncachedStripWidth = 256;
@@ -117,36 +112,6 @@ int64_t last_level_cache_bytes() {
 
 int64_t round_up(int64_t value, int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
-}
-
-// A fresh output this large comes from mmap, and first-touching it page by page costs about as
-// much as the kernel's whole memory traffic (64 MiB: ~16k page faults, each zeroing 4 KiB).
-// Asking for transparent huge pages before the first touch (what PyTorch's
-// THP_MEM_ALLOC_ENABLE does for every allocation) makes that 32 faults. Only advice: memory
-// that is already mapped, or a kernel with THP off, is unaffected. The pages are then touched
-// (faulted and zeroed by the OS) by all threads before the kernel runs: zeroing a 2 MiB page in
-// the middle of the kernel would evict the column strip that marginalised mode keeps in L2.
-void prepare_output_pages(const at::Tensor& output) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const int64_t bytes = output.numel() * static_cast<int64_t>(output.element_size());
-  if (bytes < kHugePageOutputBytes) return;
-  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
-  const auto begin = reinterpret_cast<uintptr_t>(output.data_ptr());
-  const uintptr_t first = (begin + kHugePage - 1) / kHugePage * kHugePage;
-  const uintptr_t last = (begin + static_cast<uintptr_t>(bytes)) / kHugePage * kHugePage;
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-  constexpr int64_t kPage = 4096;
-  char* data = static_cast<char*>(output.data_ptr());
-  const int64_t chunks = (bytes + int64_t(kHugePage) - 1) / int64_t(kHugePage);
-  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    const int64_t end = std::min(bytes, chunk_end * int64_t(kHugePage));
-    for (int64_t byte = chunk_begin * int64_t(kHugePage); byte < end; byte += kPage) {
-      data[byte] = 0;
-    }
-  });
-#else
-  (void)output;
-#endif
 }
 
 // Scratch for one parallel chunk, 64-byte aligned.
@@ -303,12 +268,14 @@ struct KernelCall {
 };
 
 // The output: `given` (combine_into; it may be one of the task gradients, which every kernel
-// reads before it writes the same element), or a fresh tensor.
+// reads before it writes the same element), or a fresh tensor. A fresh output is left to the
+// allocator's pages, faulted in by the kernel's own writes: advising huge pages for it halved
+// the faults' cost in a tight loop here but made a call 4x slower when calls were seconds apart
+// (the VM hands freed 2 MiB blocks back to its host, and re-faulting them is slow), so that
+// choice is left to the user (PyTorch's THP_MEM_ALLOC_ENABLE=1, for every allocation).
 at::Tensor output_for(const CombineArguments& arguments, const at::Tensor& given) {
   if (given.defined()) return given;
-  auto output = at::empty_like(arguments.activation);
-  prepare_output_pages(output);
-  return output;
+  return at::empty_like(arguments.activation);
 }
 
 // combine with a process group (src/distributed/group_call.h): the global column sums replace
