@@ -195,8 +195,8 @@ void run_fused(benchmark::State& state, Config config, bool marginalize,
   auto& inputs = inputs_for(config);
   const auto options = options_for(config, marginalize);
   graddrop::cpu::set_streaming(streaming);
-  // Untimed first calls: the first allocations of a process may wait for the OS to compact
-  // memory into huge pages; a training loop sees the steady state.
+  // Untimed first calls: a process's first large allocations may wait longer for the OS (and,
+  // in a VM, for the host) than later ones; a training loop sees the steady state.
   for (int warm = 0; warm < 2; ++warm) graddrop::combine(inputs.grads, inputs.activation, options);
   for (auto _ : state) {
     auto output = graddrop::combine(inputs.grads, inputs.activation, options);
