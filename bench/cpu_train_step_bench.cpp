@@ -5,18 +5,22 @@
 // and 4096.
 //
 //   step/<equal|split_node|graddrop|graddrop_stats>/h<h>
+//   paired/<split_node|graddrop>/h<h>
 //
 // split_node is a diagnostic: GradDropLayer's autograd shape (a custom node with one aliased
 // output per head) with the plain sum as backward, so the cost of the node and the cost of the
 // combine operator can be told apart. The summary prints each width's step times over the
 // equal-weight step time (median of the repetitions: steps this short vary by +-20% from one
-// repetition to the next on a shared machine).
+// repetition to the next on a shared machine). The paired benchmarks alternate a variant's steps
+// with equal-weight steps in one loop and report the ratio of the totals, which drift cannot
+// move: the figure to quote.
 //
 // Flags (besides Google Benchmark's): --threads=2 (also GRADDROP_BENCH_THREADS).
 // Default repetitions: 9 (override with --benchmark_repetitions).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -126,25 +130,66 @@ const Data& data() {
   return batches;
 }
 
-void run_step(benchmark::State& state, int64_t hidden, Variant variant) {
+// The same initial weights for every variant.
+TwoTaskModel seeded_model(int64_t hidden, Variant variant) {
   torch::manual_seed(0);
-  TwoTaskModel model(hidden, variant);
-  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
-  const auto& batches = data();
-  int64_t step = 0;
-  auto train_step = [&] {
-    const auto b = static_cast<size_t>(step++ % kBatches);
-    auto [prediction_a, prediction_b] = model->forward(batches.inputs[b]);
+  return TwoTaskModel(hidden, variant);
+}
+
+// One model and its optimiser, stepping through the shared batches.
+class Trainer {
+ public:
+  Trainer(int64_t hidden, Variant variant)
+      : model_(seeded_model(hidden, variant)),
+        optimizer_(model_->parameters(), torch::optim::AdamOptions(1e-3)) {
+    for (int warm = 0; warm < 3; ++warm) step();
+  }
+
+  void step() {
+    const auto& batches = data();
+    const auto b = static_cast<size_t>(step_++ % kBatches);
+    auto [prediction_a, prediction_b] = model_->forward(batches.inputs[b]);
     auto loss = torch::mse_loss(prediction_a, batches.targets_a[b]) +
                 torch::mse_loss(prediction_b, batches.targets_b[b]);
-    optimizer.zero_grad();
+    optimizer_.zero_grad();
     loss.backward();
-    optimizer.step();
-  };
-  for (int warm = 0; warm < 3; ++warm) train_step();
-  for (auto _ : state) train_step();
+    optimizer_.step();
+  }
+
+ private:
+  TwoTaskModel model_;
+  torch::optim::Adam optimizer_;
+  int64_t step_ = 0;
+};
+
+void run_step(benchmark::State& state, int64_t hidden, Variant variant) {
+  Trainer trainer(hidden, variant);
+  for (auto _ : state) trainer.step();
   state.counters["steps/s"] =
       benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+// An equal-weight step and a step of `variant` in every iteration, in alternating order, each
+// timed on its own: both see the same machine at the same moment, so the ratio of their total
+// times holds still where separately run benchmarks drift by +-20 % between repetitions (an
+// equal-vs-equal pairing measured 1.004x and 1.007x at h = 64 and 512).
+void run_paired(benchmark::State& state, int64_t hidden, Variant variant) {
+  Trainer equal(hidden, Variant::kEqual);
+  Trainer other(hidden, variant);
+  using Clock = std::chrono::steady_clock;
+  Clock::duration equal_time{}, other_time{};
+  bool equal_first = true;
+  for (auto _ : state) {
+    for (int turn = 0; turn < 2; ++turn) {
+      const bool run_equal = (turn == 0) == equal_first;
+      const auto start = Clock::now();
+      (run_equal ? equal : other).step();
+      (run_equal ? equal_time : other_time) += Clock::now() - start;
+    }
+    equal_first = !equal_first;
+  }
+  state.counters["ratio"] = std::chrono::duration<double>(other_time).count() /
+                            std::chrono::duration<double>(equal_time).count();
 }
 
 class SummaryReporter : public benchmark::ConsoleReporter {
@@ -156,13 +201,21 @@ class SummaryReporter : public benchmark::ConsoleReporter {
       const double cpu = run.cpu_accumulated_time / static_cast<double>(run.iterations);
       wall_[run.run_name.function_name].push_back(seconds);
       cpu_[run.run_name.function_name].push_back(cpu);
+      const auto ratio = run.counters.find("ratio");
+      if (ratio != run.counters.end()) ratios_[run.run_name.function_name].push_back(ratio->second);
     }
     ConsoleReporter::ReportRuns(runs);
   }
   // The median over repetitions of each benchmark's seconds per step.
-  std::map<std::string, double> median(bool cpu) const {
+  std::map<std::string, double> median(bool cpu) const { return medians(cpu ? cpu_ : wall_); }
+  // The median over repetitions of each paired benchmark's GradDrop / equal-weight ratio.
+  std::map<std::string, double> median_ratio() const { return medians(ratios_); }
+
+ private:
+  static std::map<std::string, double> medians(
+      const std::map<std::string, std::vector<double>>& samples) {
     std::map<std::string, double> result;
-    for (const auto& entry : cpu ? cpu_ : wall_) {
+    for (const auto& entry : samples) {
       auto times = entry.second;
       std::sort(times.begin(), times.end());
       const size_t middle = times.size() / 2;
@@ -172,9 +225,9 @@ class SummaryReporter : public benchmark::ConsoleReporter {
     return result;
   }
 
- private:
   std::map<std::string, std::vector<double>> wall_;
   std::map<std::string, std::vector<double>> cpu_;
+  std::map<std::string, std::vector<double>> ratios_;
 };
 
 std::string cpu_model() {
@@ -223,6 +276,13 @@ int main(int argc, char** argv) {
       bench->UseRealTime()->Unit(hidden >= 4096 ? benchmark::kMillisecond
                                                 : benchmark::kMicrosecond);
     }
+    for (auto variant : {Variant::kSplitNode, Variant::kGradDrop}) {
+      const std::string paired = std::string("paired/") + variant_name(variant) + "/h" +
+                                 std::to_string(hidden);
+      benchmark::RegisterBenchmark(paired.c_str(), run_paired, hidden, variant)
+          ->UseRealTime()
+          ->Unit(hidden >= 4096 ? benchmark::kMillisecond : benchmark::kMicrosecond);
+    }
   }
   benchmark::Initialize(&argument_count, arguments.data());
   if (benchmark::ReportUnrecognizedArguments(argument_count, arguments.data())) return 1;
@@ -251,6 +311,20 @@ int main(int argc, char** argv) {
                   static_cast<long long>(hidden), equal * 1e6, split * 1e6, plain * 1e6,
                   stats * 1e6, split / equal, plain / equal, stats / equal);
     }
+  }
+  std::printf("\nPaired (each variant's steps alternated with equal-weight steps in one loop; "
+              "median over the repetitions of its total time / the equal-weight total):\n");
+  std::printf("%6s | %10s %9s\n", "h", "split node", "graddrop");
+  const auto ratios = reporter.median_ratio();
+  for (int64_t hidden : widths) {
+    auto ratio_of = [&](const char* variant) {
+      const auto found =
+          ratios.find(std::string("paired/") + variant + "/h" + std::to_string(hidden));
+      return found == ratios.end() ? 0.0 : found->second;
+    };
+    if (ratio_of("graddrop") == 0.0 && ratio_of("split_node") == 0.0) continue;
+    std::printf("%6lld | %9.3fx %8.3fx\n", static_cast<long long>(hidden), ratio_of("split_node"),
+                ratio_of("graddrop"));
   }
   benchmark::Shutdown();
   return 0;
