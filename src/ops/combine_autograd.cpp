@@ -9,6 +9,8 @@
 // kernel below autograd. GradDropFunction (the layer's node) calls the operator inside its
 // backward with grad mode off, so the layer is unaffected.
 //
+// combine_into gets the same treatment, plus what an in-place write needs (below).
+//
 // purity needs no such kernel: it is composed of differentiable ATen operations
 // (CompositeImplicitAutograd), so autograd differentiates it correctly.
 #include <string>
@@ -36,6 +38,22 @@ std::vector<std::string> grads_requiring_grad(const c10::List<optional<at::Tenso
   return names;
 }
 
+// Refuses, in grad mode, task gradients that require grad (see the top of this file).
+void refuse_grads_requiring_grad(const c10::List<optional<at::Tensor>>& grads,
+                                 const char* operator_name) {
+  if (!c10::GradMode::is_enabled()) return;
+  const auto names = grads_requiring_grad(grads);
+  if (names.empty()) return;
+  std::string list;
+  for (size_t i = 0; i < names.size(); ++i) list += (i ? ", " : "") + names[i];
+  TORCH_CHECK(false, operator_name,
+              " has no derivative with respect to the task gradients (the output is linear in "
+              "each g_i with a random coefficient c_i), but ",
+              list, (names.size() == 1 ? " requires" : " require"),
+              " grad. Pass detached gradients or call it with grad mode off (torch.no_grad() in "
+              "Python, torch::NoGradGuard in C++); GradDropLayer does this in its backward.");
+}
+
 std::tuple<at::Tensor, at::Tensor> combine_autograd(
     const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
     c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
@@ -43,19 +61,7 @@ std::tuple<at::Tensor, at::Tensor> combine_autograd(
     bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
     const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
     bool statistics, optional<c10::string_view> group_name) {
-  if (c10::GradMode::is_enabled()) {
-    const auto names = grads_requiring_grad(grads);
-    if (!names.empty()) {
-      std::string list;
-      for (size_t i = 0; i < names.size(); ++i) list += (i ? ", " : "") + names[i];
-      TORCH_CHECK(false, "graddrop::combine has no derivative with respect to the task gradients "
-                         "(the output is linear in each g_i with a random coefficient c_i), but ",
-                  list, (names.size() == 1 ? " requires" : " require"),
-                  " grad. Pass detached gradients or call it with grad mode off (torch.no_grad() "
-                  "in Python, torch::NoGradGuard in C++); GradDropLayer does this in its "
-                  "backward.");
-    }
-  }
+  refuse_grads_requiring_grad(grads, "graddrop::combine");
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("graddrop::combine", "")
@@ -65,10 +71,47 @@ std::tuple<at::Tensor, at::Tensor> combine_autograd(
                  keep_probability, seed, offset, statistics, group_name);
 }
 
+// combine_into is an in-place write into `out`: besides the refusal above, `out` may not require
+// grad (the write would need a derivative too), and its version counter is bumped, as ATen's
+// in-place operators do, so that a backward that saved `out` before the write refuses to run
+// with the new values. Without this kernel the dispatcher's boxed fallback ran instead: it
+// boxed every argument on each call, bumped no version and let gradients requiring grad through
+// with the gradient path silently cut.
+at::Tensor combine_into_autograd(
+    at::Tensor& out, const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
+    c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
+    c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
+    bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
+    const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
+    bool statistics, optional<c10::string_view> group_name) {
+  refuse_grads_requiring_grad(grads, "graddrop::combine_into");
+  TORCH_CHECK(!(c10::GradMode::is_enabled() && out.defined() && out.requires_grad()),
+              "graddrop::combine_into writes into out, which requires grad; the write has no "
+              "derivative. Pass a tensor that does not require grad, or call it with grad mode "
+              "off.");
+  // An inference tensor has no version counter to bump: refused before anything is written.
+  TORCH_CHECK(!(out.defined() && out.is_inference()),
+              "graddrop::combine_into: out is an inference tensor, which may be written in "
+              "place only inside InferenceMode");
+  at::Tensor values;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("graddrop::combine_into", "")
+                         .typed<CombineIntoSignature>();
+    values = op.call(out, activation, grads, leak, sign_source, marginalize_batch, keep_function,
+                     scale, zero_sign, epsilon, keep_grad_norm, std::move(generator), uniform,
+                     keep_probability, seed, offset, statistics, group_name);
+  }
+  out.unsafeGetTensorImpl()->bump_version();
+  return values;
+}
+
 }  // namespace
 }  // namespace ops
 }  // namespace graddrop
 
 TORCH_LIBRARY_IMPL(graddrop, Autograd, m) {
   m.impl("combine", TORCH_FN(graddrop::ops::combine_autograd));
+  m.impl("combine_into", TORCH_FN(graddrop::ops::combine_into_autograd));
 }

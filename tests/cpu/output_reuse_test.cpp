@@ -69,6 +69,52 @@ TEST(CombineInto, RefusesAnOutOfTheWrongShapeOrDtype) {
                                                {"out must be a contiguous"}));
 }
 
+// combine_into is an in-place write: it refuses what would silently cut a gradient path, and it
+// bumps out's version so that a backward which saved out before the write refuses to run.
+TEST(CombineInto, RefusesInputsThatRequireGradAndLeavesOutUntouched) {
+  const auto activation = at::randn({4, 8});
+  const std::vector<at::Tensor> grads{at::randn({4, 8}).requires_grad_(true), at::randn({4, 8})};
+  auto out = at::randn({4, 8});
+  const auto before = out.clone();
+  EXPECT_TRUE(testing::throws_error_containing(
+      [&] { combine_into(out, grads, activation); },
+      {"graddrop::combine_into has no derivative", "grads[0] requires grad"}));
+  auto out_requiring_grad = at::randn({4, 8}).requires_grad_(true);
+  const std::vector<at::Tensor> detached{grads[0].detach(), grads[1]};
+  EXPECT_TRUE(testing::throws_error_containing(
+      [&] { combine_into(out_requiring_grad, detached, activation); },
+      {"writes into out, which requires grad"}));
+  at::Tensor inference_out;
+  {
+    c10::InferenceMode inference;
+    inference_out = at::zeros({4, 8});
+  }
+  EXPECT_TRUE(testing::throws_error_containing(
+      [&] { combine_into(inference_out, detached, activation); },
+      {"out is an inference tensor"}));
+  EXPECT_TRUE(testing::bitwise_equal(out, before));
+  EXPECT_EQ(inference_out.abs().sum().item<float>(), 0.0f);
+  // With grad mode off the same call is a plain write.
+  at::NoGradGuard no_grad;
+  combine_into(out, grads, activation, GradDropOptions(2).seed(3));
+  EXPECT_TRUE(testing::bitwise_equal(out, combine(grads, activation, GradDropOptions(2).seed(3))));
+}
+
+TEST(CombineInto, BumpsTheVersionOfOut) {
+  const auto activation = at::randn({4, 8});
+  const std::vector<at::Tensor> grads{at::randn({4, 8}), at::randn({4, 8})};
+  auto out = at::randn({4, 8});
+  const auto version = out._version();
+  combine_into(out, grads, activation);
+  EXPECT_EQ(out._version(), version + 1);
+  // A product that saved out for its backward sees the write.
+  auto weight = at::randn({4, 8}).requires_grad_(true);
+  auto product = (weight * out).sum();
+  combine_into(out, grads, activation);
+  EXPECT_TRUE(testing::throws_error_containing([&] { product.backward(); },
+                                               {"modified by an inplace operation"}));
+}
+
 // A trunk activation that is a leaf, so its .grad is the layer's output itself (autograd keeps
 // an incoming gradient it alone holds), and a hook per head that notes its gradient's address
 // and keeps a copy (or, with `keep`, the gradient itself).
