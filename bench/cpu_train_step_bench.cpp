@@ -307,9 +307,17 @@ int main(int argc, char** argv) {
       const double equal = time_of("equal"), split = time_of("split_node"),
                    plain = time_of("graddrop"), stats = time_of("graddrop_stats");
       if (equal == 0.0) continue;
-      std::printf("%6lld | %9.1fus %9.1fus %9.1fus %9.1fus | %9.3fx %8.3fx %10.3fx\n",
-                  static_cast<long long>(hidden), equal * 1e6, split * 1e6, plain * 1e6,
-                  stats * 1e6, split / equal, plain / equal, stats / equal);
+      // A variant the filter left out prints as "-".
+      auto cell = [](double value, const char* format) {
+        char text[32] = "-";
+        if (value > 0.0) std::snprintf(text, sizeof(text), format, value);
+        return std::string(text);
+      };
+      std::printf("%6lld | %11s %11s %11s %11s | %10s %9s %11s\n",
+                  static_cast<long long>(hidden), cell(equal * 1e6, "%.1fus").c_str(),
+                  cell(split * 1e6, "%.1fus").c_str(), cell(plain * 1e6, "%.1fus").c_str(),
+                  cell(stats * 1e6, "%.1fus").c_str(), cell(split / equal, "%.3fx").c_str(),
+                  cell(plain / equal, "%.3fx").c_str(), cell(stats / equal, "%.3fx").c_str());
     }
   }
   std::printf("\nPaired (each variant's steps alternated with equal-weight steps in one loop; "
