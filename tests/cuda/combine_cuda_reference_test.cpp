@@ -341,6 +341,8 @@ TEST(CudaReference, NonFiniteGradientsPropagate) {
       grads[0][3][5] = std::numeric_limits<double>::quiet_NaN();
       grads[1][7][9] = std::numeric_limits<double>::infinity();
       grads[1][2][40] = -std::numeric_limits<double>::infinity();
+      // (Non-finite columns are never undecided: only finite ones can be adjusted.)
+      grads = testing::decided_signals(grads, activation, options);
       const auto uniform = testing::separated_uniform(grads, activation, options, generator);
       const auto expected = reference::combine(grads, activation, options, uniform).output;
       const auto output = combine(cuda_testing::on_cuda(grads), activation.to(at::kCUDA),
