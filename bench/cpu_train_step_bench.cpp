@@ -230,6 +230,13 @@ class SummaryReporter : public benchmark::ConsoleReporter {
   std::map<std::string, std::vector<double>> ratios_;
 };
 
+// A summary cell: `value` formatted, or "-" for a variant the filter left out (value 0).
+std::string cell(double value, const char* format) {
+  char text[32] = "-";
+  if (value > 0.0) std::snprintf(text, sizeof(text), format, value);
+  return std::string(text);
+}
+
 std::string cpu_model() {
   std::ifstream info("/proc/cpuinfo");
   std::string line;
@@ -307,12 +314,6 @@ int main(int argc, char** argv) {
       const double equal = time_of("equal"), split = time_of("split_node"),
                    plain = time_of("graddrop"), stats = time_of("graddrop_stats");
       if (equal == 0.0) continue;
-      // A variant the filter left out prints as "-".
-      auto cell = [](double value, const char* format) {
-        char text[32] = "-";
-        if (value > 0.0) std::snprintf(text, sizeof(text), format, value);
-        return std::string(text);
-      };
       std::printf("%6lld | %11s %11s %11s %11s | %10s %9s %11s\n",
                   static_cast<long long>(hidden), cell(equal * 1e6, "%.1fus").c_str(),
                   cell(split * 1e6, "%.1fus").c_str(), cell(plain * 1e6, "%.1fus").c_str(),
@@ -331,8 +332,9 @@ int main(int argc, char** argv) {
       return found == ratios.end() ? 0.0 : found->second;
     };
     if (ratio_of("graddrop") == 0.0 && ratio_of("split_node") == 0.0) continue;
-    std::printf("%6lld | %9.3fx %8.3fx\n", static_cast<long long>(hidden), ratio_of("split_node"),
-                ratio_of("graddrop"));
+    std::printf("%6lld | %10s %9s\n", static_cast<long long>(hidden),
+                cell(ratio_of("split_node"), "%.3fx").c_str(),
+                cell(ratio_of("graddrop"), "%.3fx").c_str());
   }
   benchmark::Shutdown();
   return 0;
