@@ -6,7 +6,7 @@
 //   fused/<mode>/<dtype>/n<n>/N<N>      graddrop::combine with a fixed seed (Philox U)
 //   fused_plain/..., fused_stream/...   the same with normal or streaming stores only
 //                                      (--compare_stores)
-//   fused_into/<mode>/<dtype>/n<n>/N<N> graddrop::combine_into a preallocated output, as the
+//   fused_into/<mode>/<dtype>/n<n>/N<N> graddrop::combine_out a preallocated output, as the
 //                                      layer's backward runs it (--compare_into): no fresh
 //                                      output, so none of its page faults
 //   reference/<mode>/<dtype>/n<n>/N<N>  reference::combine_in(..., at::kFloat): one ATen
@@ -52,7 +52,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include "../src/cpu/cpu_capability.h"
+#include "cpu/cpu_capability.h"
 #include "graddrop/combine.h"
 #include "graddrop/reference.h"
 
@@ -211,10 +211,10 @@ void run_fused_into(benchmark::State& state, Config config, bool marginalize) {
   const auto options = options_for(config, marginalize);
   auto output = at::zeros_like(inputs.activation);  // touched once, before the timing
   for (int warm = 0; warm < 2; ++warm) {
-    graddrop::combine_into(output, inputs.grads, inputs.activation, options);
+    graddrop::combine_out(output, inputs.grads, inputs.activation, options);
   }
   for (auto _ : state) {
-    graddrop::combine_into(output, inputs.grads, inputs.activation, options);
+    graddrop::combine_out(output, inputs.grads, inputs.activation, options);
     benchmark::DoNotOptimize(output.data_ptr());
   }
   state.SetBytesProcessed(state.iterations() * config.bytes());

@@ -8,8 +8,8 @@
 
 #include <ATen/cuda/PhiloxUtils.cuh>
 
-#include "graddrop/detail/math.h"
-#include "graddrop/detail/philox.h"
+#include "detail/math.h"
+#include "detail/philox.h"
 #include "ops/combine_op.h"
 
 namespace graddrop {

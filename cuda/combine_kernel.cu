@@ -1,6 +1,7 @@
-// CUDA implementation of graddrop::combine: the checks shared with every device, the draw's
-// reservation from the CUDA generator, the launch of the per-element or the marginalised
-// kernels (per_element_launch.cu, marginalized_launch.cu), and the work shared after.
+// The CUDA kernels behind graddrop::combine (registered as ops::CombineKernels, combine_op.h):
+// the draw's reservation from the CUDA generator, the launch of the per-element or the
+// marginalised kernels (per_element_launch.cu, marginalized_launch.cu), and the ordered sum of
+// their statistics rows.
 #include <mutex>
 #include <string>
 
@@ -9,11 +10,9 @@
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include "combine_common.cuh"
 #include "combine_launch.h"
-#include "distributed/group_call.h"
 #include "ops/combine_op.h"
 
 namespace graddrop {
@@ -25,7 +24,7 @@ namespace {
 // the kernels unpack. Reserved even for empty tensors, so the generator advances the same way
 // whatever the shape (as the CPU kernel draws its seed).
 cuda_kernels::DrawKey reserve_draw(const ops::CombineArguments& arguments,
-                                   optional<at::Generator> generator) {
+                                   const optional<at::Generator>& generator) {
   if (arguments.uniform.defined()) return {at::PhiloxCudaState(0, 0), false};
   if (arguments.seed.has_value()) {
     return {at::PhiloxCudaState(*arguments.seed, arguments.offset), false};
@@ -65,83 +64,57 @@ void add_partial_rows(const at::Tensor& partial_rows, const at::Tensor& accumula
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// combine with a process group (src/distributed/group_call.h), as on the CPU: this rank's
-// canonical column sums, summed over the ranks with rank 0's key, then the combine with them.
-std::tuple<at::Tensor, at::Tensor> combine_cuda_in_group(ops::CombineArguments arguments,
-                                                         const std::string& group_name,
-                                                         optional<at::Generator> generator) {
-  distributed::GroupCall group(group_name, arguments);
-  distributed::materialise_zero_grads(arguments);
-  const c10::cuda::CUDAGuard device_guard(arguments.activation.device());
-  auto output = at::empty_like(arguments.activation);
-  const auto local = reserve_draw(arguments, std::move(generator));
-  TORCH_CHECK(!local.philox.captured_,
-              "graddrop: a combine with a process group (group '", group_name,
-              "') cannot be captured in a CUDA graph: it exchanges values with the other ranks");
-  const distributed::CallKey local_key{
-      local.philox.seed_.val,
-      local.generator_offset ? local.philox.offset_.val / 4 : local.philox.offset_.val};
-  at::Tensor sums;
-  if (arguments.marginalize_batch) {
-    sums = at::zeros({arguments.num_tasks(), arguments.columns},
-                     arguments.activation.options().dtype(arguments.opmath_type()));
-    if (arguments.rows > 0 && arguments.columns > 0) {
-      cuda_kernels::launch_marginalized_column_sums(arguments, sums);
-    }
-  }
-  const auto agreed = group.exchange(local_key, sums);
-  at::Tensor partial_rows;
-  if (arguments.columns > 0) {
-    if (arguments.marginalize_batch) {
-      // An explicit U stays as given; otherwise rank 0's key, as an explicit (seed, offset).
-      const cuda_kernels::DrawKey key =
-          arguments.uniform.defined()
-              ? local
-              : cuda_kernels::DrawKey{at::PhiloxCudaState(agreed.seed, agreed.offset), false};
-      partial_rows = cuda_kernels::launch_marginalized_given_sums(arguments, key, output, sums);
-    } else {
-      // Per-element mode has no batch sum: each rank draws with its own key (README).
-      partial_rows = cuda_kernels::launch_per_element(arguments, local, output);
-    }
-  }
-  auto accumulators = ops::zero_accumulators(arguments);
-  if (accumulators.defined()) add_partial_rows(partial_rows, accumulators);
-  if (arguments.keep_grad_norm) group.sum_squared_norms(accumulators);
-  return ops::finish_combine(output, accumulators, arguments);
+// The reserved key as host values, for the data-parallel phases (the group agrees on rank 0's
+// key and passes it back as an explicit one). Reading the values needs a call that is not being
+// captured in a CUDA graph; a data-parallel call never is (it exchanges values with the other
+// ranks).
+ops::PhiloxKey draw_key_cuda(const ops::CombineArguments& arguments,
+                             const optional<at::Generator>& generator) {
+  const auto key = reserve_draw(arguments, generator);
+  TORCH_CHECK(!key.philox.captured_,
+              "graddrop: a combine with a process group cannot be captured in a CUDA graph: it "
+              "exchanges values with the other ranks");
+  return {key.philox.seed_.val,
+          key.generator_offset ? key.philox.offset_.val / 4 : key.philox.offset_.val};
 }
 
-std::tuple<at::Tensor, at::Tensor> combine_cuda(
-    const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
-    c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
-    c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
-    bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
-    const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
-    bool statistics, optional<c10::string_view> group_name) {
-  auto arguments = ops::prepare_combine(
-      activation, grads, leak, sign_source, marginalize_batch, keep_function, scale, zero_sign,
-      epsilon, keep_grad_norm, uniform, keep_probability, seed, offset, statistics);
-  if (group_name.has_value()) {
-    return combine_cuda_in_group(std::move(arguments), std::string(*group_name),
-                                 std::move(generator));
-  }
-  const c10::cuda::CUDAGuard device_guard(arguments.activation.device());
-  auto output = at::empty_like(arguments.activation);
-  const auto key = reserve_draw(arguments, std::move(generator));
-
-  at::Tensor partial_rows;
-  if (arguments.columns > 0) {
-    partial_rows = arguments.marginalize_batch
-                       ? cuda_kernels::launch_marginalized(arguments, key, output)
-                       : cuda_kernels::launch_per_element(arguments, key, output);
-  }
-  auto accumulators = ops::zero_accumulators(arguments);
-  if (accumulators.defined()) add_partial_rows(partial_rows, accumulators);
-  return ops::finish_combine(output, accumulators, arguments);
+// An explicit key, as the kernels take it.
+cuda_kernels::DrawKey explicit_key(ops::PhiloxKey key) {
+  return {at::PhiloxCudaState(key.seed, key.offset), false};
 }
+
+void combine_cuda(const ops::CombineArguments& arguments, const optional<at::Generator>& generator,
+                  const at::Tensor& output, const at::Tensor& accumulators) {
+  const c10::cuda::CUDAGuard device_guard(arguments.activation.device());
+  const auto key = reserve_draw(arguments, generator);
+  if (arguments.columns == 0) return;
+  const auto partial_rows = arguments.marginalize_batch
+                                ? cuda_kernels::launch_marginalized(arguments, key, output)
+                                : cuda_kernels::launch_per_element(arguments, key, output);
+  if (accumulators.defined()) add_partial_rows(partial_rows, accumulators);
+}
+
+void column_sums_cuda(const ops::CombineArguments& arguments, const at::Tensor& sums) {
+  const c10::cuda::CUDAGuard device_guard(arguments.activation.device());
+  cuda_kernels::launch_marginalized_column_sums(arguments, sums);
+}
+
+void combine_with_sums_cuda(const ops::CombineArguments& arguments, const at::Tensor& sums,
+                            ops::PhiloxKey key, const at::Tensor& output,
+                            const at::Tensor& accumulators) {
+  const c10::cuda::CUDAGuard device_guard(arguments.activation.device());
+  const auto partial_rows =
+      sums.defined()
+          ? cuda_kernels::launch_marginalized_given_sums(arguments, explicit_key(key), output,
+                                                         sums)
+          : cuda_kernels::launch_per_element(arguments, explicit_key(key), output);
+  if (accumulators.defined()) add_partial_rows(partial_rows, accumulators);
+}
+
+const ops::CombineKernels kCudaKernels = {combine_cuda, draw_key_cuda, column_sums_cuda,
+                                          combine_with_sums_cuda};
 
 }  // namespace
 }  // namespace graddrop
 
-TORCH_LIBRARY_IMPL(graddrop, CUDA, m) {
-  m.impl("combine", TORCH_FN(graddrop::combine_cuda));
-}
+GRADDROP_REGISTER_COMBINE_KERNELS(CUDA, graddrop::kCudaKernels);

@@ -8,6 +8,7 @@
 
 #include "distributed/registry.h"
 #include "ops/combine_op.h"
+#include "ops/validation.h"
 
 namespace graddrop {
 namespace {
@@ -78,7 +79,7 @@ at::Tensor purity(const std::vector<at::Tensor>& grads, const at::Tensor& activa
 
 namespace {
 
-// The operator's arguments from the options (shared by combine and combine_into).
+// The operator's arguments from the options (shared by combine and combine_out).
 struct OperatorArguments {
   optional<at::Tensor> keep_probability;
   optional<int64_t> seed;
@@ -97,7 +98,7 @@ struct OperatorArguments {
                   "must return f(P), a tensor of P's shape ",
                   c10::IntArrayRef(purity_values.sizes()), " with values in [0, 1]");
       // A NaN purity (a NaN or Inf gradient) must reach the kernel as a NaN f(P), whatever the
-      // user's f makes of it, so that the affected outputs come out non-finite (DESIGN.md §1).
+      // user's f makes of it, so that the affected outputs come out non-finite.
       // A result of another shape, dtype or device is left for the operator's checks to refuse.
       if (values.sizes() == purity_values.sizes() && values.device() == purity_values.device() &&
           at::isFloatingType(values.scalar_type())) {
@@ -156,23 +157,24 @@ at::Tensor combine(const std::vector<at::Tensor>& grads, const at::Tensor& activ
   return std::get<0>(result);
 }
 
-void combine_into(at::Tensor& out, const std::vector<at::Tensor>& grads,
-                  const at::Tensor& activation, const GradDropOptions& options,
-                  optional<at::Generator> generator, const optional<at::Tensor>& uniform,
-                  GradDropStatistics* statistics) {
+at::Tensor& combine_out(at::Tensor& out, const std::vector<at::Tensor>& grads,
+                        const at::Tensor& activation, const GradDropOptions& options,
+                        optional<at::Generator> generator, const optional<at::Tensor>& uniform,
+                        GradDropStatistics* statistics) {
   check_task_count(grads, options);
   check_devices(grads, activation, uniform);
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("graddrop::combine_into", "")
-                       .typed<ops::CombineIntoSignature>();
+                       .findSchemaOrThrow("graddrop::combine", "out")
+                       .typed<ops::CombineOutSignature>();
   const OperatorArguments a(grads, activation, options);
-  const auto values = op.call(out, activation, as_list(grads), a.leak, a.source,
+  const auto result = op.call(activation, as_list(grads), a.leak, a.source,
                               options.marginalize_batch(), a.keep, options.scale(), a.zero,
                               options.epsilon(), options.keep_grad_norm(), std::move(generator),
                               uniform, a.keep_probability, a.seed,
                               static_cast<int64_t>(options.offset()), statistics != nullptr,
-                              a.group_view());
-  read_statistics(values, activation, options, statistics);
+                              a.group_view(), out);
+  read_statistics(std::get<1>(result), activation, options, statistics);
+  return out;
 }
 
 }  // namespace graddrop

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "graddrop/combine.h"
+#include "layer_call.h"
 
 namespace graddrop {
 
@@ -104,8 +105,8 @@ torch::autograd::variable_list GradDropFunction::backward(
   const int64_t reusable = reusable_gradient(grad_outputs, activation);
   if (reusable >= 0) {
     combined = grad_outputs[static_cast<size_t>(reusable)];
-    combine_into(combined, grad_outputs, activation, call->options, call->generator, nullopt,
-                 record ? &statistics : nullptr);
+    combine_out(combined, grad_outputs, activation, call->options, call->generator, nullopt,
+                record ? &statistics : nullptr);
   } else {
     combined = combine(grad_outputs, activation, call->options, call->generator, nullopt,
                        record ? &statistics : nullptr);

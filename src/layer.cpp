@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include "layer_call.h"
+
 namespace graddrop {
 
 GradDropLayerImpl::GradDropLayerImpl(GradDropOptions options_in) : options(std::move(options_in)) {

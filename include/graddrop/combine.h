@@ -1,5 +1,5 @@
 #pragma once
-// combine: the pure function of DESIGN.md §1. Given the per-task gradients g_i at an activation
+// combine: the pure function of docs/design.md. Given the per-task gradients g_i at an activation
 // A, returns GradDrop's combined gradient sum_i c_i * g_i.
 #include <vector>
 
@@ -23,17 +23,19 @@ at::Tensor combine(const std::vector<at::Tensor>& grads, const at::Tensor& activ
                    const optional<at::Tensor>& uniform = nullopt,
                    GradDropStatistics* statistics = nullptr);
 
-/// As `combine`, but writes the result into `out` (the activation's shape, dtype and device,
-/// contiguous), which may be one of `grads` (every kernel reads an element of each input before
-/// it writes that element of the output). CPU tensors. GradDropFunction's backward uses it to
+/// As `combine`, but writes the result into `out` (ATen's `*_out` convention: the operator's
+/// `combine.out` overload) and returns it. `out` must have the activation's shape, dtype and
+/// device and be contiguous; it may be one of `grads` (every kernel reads an element of each
+/// input before it writes that element of the output). GradDropFunction's backward uses it to
 /// hand over a task gradient that nothing else holds: no fresh output, no page faults.
-void combine_into(at::Tensor& out, const std::vector<at::Tensor>& grads,
-                  const at::Tensor& activation, const GradDropOptions& options = GradDropOptions(),
-                  optional<at::Generator> generator = nullopt,
-                  const optional<at::Tensor>& uniform = nullopt,
-                  GradDropStatistics* statistics = nullptr);
+at::Tensor& combine_out(at::Tensor& out, const std::vector<at::Tensor>& grads,
+                        const at::Tensor& activation,
+                        const GradDropOptions& options = GradDropOptions(),
+                        optional<at::Generator> generator = nullopt,
+                        const optional<at::Tensor>& uniform = nullopt,
+                        GradDropStatistics* statistics = nullptr);
 
-/// The purity tensor P of DESIGN.md §1 step 3 (op-math dtype: float32, or float64 for double
+/// The purity tensor P (op-math dtype: float32, or float64 for double
 /// activations), of shape `activation.sizes()[1:]` when marginalised, else `activation.sizes()`.
 at::Tensor purity(const std::vector<at::Tensor>& grads, const at::Tensor& activation,
                   const GradDropOptions& options = GradDropOptions());

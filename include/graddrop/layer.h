@@ -12,6 +12,8 @@
 
 namespace graddrop {
 
+class StatisticsRecord;
+
 /// Example:
 /// ```
 /// graddrop::GradDropLayer graddrop_layer(graddrop::GradDropOptions(2));

@@ -9,7 +9,7 @@
 #include <torch/arg.h>
 
 #include "graddrop/compat.h"
-#include "graddrop/detail/math.h"
+#include "graddrop/enums.h"
 
 #if GRADDROP_HAS_DISTRIBUTED
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>

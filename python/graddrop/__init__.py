@@ -34,10 +34,8 @@ LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib", "
 torch.ops.load_library(LIBRARY_PATH)
 
 from graddrop._ops import (GradDropStatistics, KeepCallable, combine,  # noqa: E402
-                           purity, purity_shape, register_fake_kernels)
+                           purity, purity_shape)
 from graddrop._layer import GradDropFunction, GradDropLayer  # noqa: E402
-
-register_fake_kernels()
 
 #: Whether the CUDA kernels were compiled into the loaded library.
 CUDA_KERNELS: bool = _build_info.CUDA_KERNELS

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -18,6 +18,24 @@ _ONE_HEAD_WARNING = (
 _warned_one_head = False
 
 
+class _CallOptions(NamedTuple):
+    """A layer's options as they were when its forward ran: the backward of that forward uses
+    them, whatever the layer's attributes say by then (as the C++ layer does)."""
+    leak: Optional[List[float]]
+    sign_source: str
+    marginalize_batch: bool
+    keep_function: Union[str, KeepCallable]
+    scale: float
+    zero_sign: str
+    epsilon: float
+    keep_grad_norm: bool
+    record_statistics: bool
+    generator: Optional[torch.Generator]
+    seed: Optional[int]
+    offset: int
+    group_name: Optional[str]
+
+
 class GradDropFunction(torch.autograd.Function):
     """The autograd node of :class:`GradDropLayer`: forward returns ``num_tasks`` aliases of the
     activation, backward combines every head's gradient with one operator call. Once
@@ -30,6 +48,13 @@ class GradDropFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(activation)
         ctx.layer = layer
+        ctx.options = _CallOptions(
+            leak=layer.leak, sign_source=layer.sign_source,
+            marginalize_batch=layer.marginalize_batch, keep_function=layer.keep_function,
+            scale=layer.scale, zero_sign=layer.zero_sign, epsilon=layer.epsilon,
+            keep_grad_norm=layer.keep_grad_norm, record_statistics=layer.record_statistics,
+            generator=layer.generator, seed=layer.seed, offset=layer.offset,
+            group_name=layer.group_name)
         # Aliases, not copies: each head gets its own output so autograd routes its gradient to
         # its own slot of backward's grads.
         return tuple(activation.view_as(activation) for _ in range(layer.num_tasks))
@@ -45,21 +70,22 @@ class GradDropFunction(torch.autograd.Function):
                     "gradient; call backward without create_graph=True")
         (activation,) = ctx.saved_tensors
         layer = ctx.layer
+        options = ctx.options
         defined = sum(grad is not None for grad in grads)
         # With a process group the call is collective: a rank whose heads all had no loss this
         # step still joins (its gradients count as zero), or the other ranks would wait for it.
-        if defined == 0 and layer.group_name is None:
+        if defined == 0 and options.group_name is None:
             return None, None
         if defined == 1 and len(grads) > 1:
             _warn_one_head(len(grads))
         out, statistics = combine_with_statistics(
-            grads, activation, leak=layer.leak, sign_source=layer.sign_source,
-            marginalize_batch=layer.marginalize_batch, keep_function=layer.keep_function,
-            scale=layer.scale, zero_sign=layer.zero_sign, epsilon=layer.epsilon,
-            keep_grad_norm=layer.keep_grad_norm, generator=layer.generator, seed=layer.seed,
-            offset=layer.offset, statistics=layer.record_statistics,
-            group_name=layer.group_name)
-        if layer.record_statistics:
+            grads, activation, leak=options.leak, sign_source=options.sign_source,
+            marginalize_batch=options.marginalize_batch, keep_function=options.keep_function,
+            scale=options.scale, zero_sign=options.zero_sign, epsilon=options.epsilon,
+            keep_grad_norm=options.keep_grad_norm, generator=options.generator,
+            seed=options.seed, offset=options.offset, statistics=options.record_statistics,
+            group_name=options.group_name)
+        if options.record_statistics:
             # An in-place copy into the layer's buffer, not a Python attribute: torch.compile
             # keeps a buffer mutation in the compiled backward.
             layer.statistics_buffer.copy_(statistics)
@@ -131,6 +157,10 @@ class GradDropLayer(nn.Module):
             ``[num_tasks, features]`` column sums per backward; rank 0's draw), as one process
             would on the concatenated batch. Works under ``DistributedDataParallel``. Every rank
             must run the backward. CPU tensors (Gloo) in this version.
+
+    The options are read when ``forward`` runs: changing an attribute afterwards affects the next
+    forward, not the backward of one already run (as the C++ ``GradDropLayer``, which copies its
+    options at forward). Invalid options are refused here, by the C++ checks the operator runs.
     """
 
     def __init__(self, num_tasks: int = 2, *, leak: Optional[Sequence[float]] = None,
@@ -141,7 +171,7 @@ class GradDropLayer(nn.Module):
                  seed: Optional[int] = None, offset: int = 0,
                  process_group: Optional[Any] = None) -> None:
         super().__init__()
-        check_options(leak=leak, num_tasks=num_tasks, sign_source=sign_source,
+        check_options(num_tasks=num_tasks, leak=leak, sign_source=sign_source,
                       keep_function=keep_function, scale=scale, zero_sign=zero_sign,
                       epsilon=epsilon, seed=seed, offset=offset)
         if generator is not None and not isinstance(generator, torch.Generator):

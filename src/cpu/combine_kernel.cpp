@@ -1,5 +1,5 @@
-// CPU implementation of graddrop::combine: checks and allocation, the Philox key, the split of
-// the work into fixed tiles (per-element mode) or column strips (marginalised mode) across
+// The CPU kernels behind graddrop::combine (registered as ops::CombineKernels, combine_op.h):
+// the Philox key, the split of the work into fixed tiles (per-element mode) or column strips (marginalised mode) across
 // threads, and the reduction of the statistics. The vectorised kernels themselves live in
 // combine_kernel_impl.h, compiled once per instruction set and picked at run time
 // (cpu_capability.h).
@@ -21,11 +21,9 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include "cpu/combine_kernel_params.h"
 #include "cpu/cpu_capability.h"
-#include "distributed/group_call.h"
 #include "ops/combine_op.h"
 
 namespace graddrop {
@@ -39,13 +37,9 @@ constexpr int64_t kSerialElements = 32768;
 // passes then read the gradients from memory twice, in long row segments.
 constexpr int64_t kUncachedStripWidth = 256;
 
-struct PhiloxKey {
-  uint64_t seed;
-  uint64_t offset;
-};
-
 // The (seed, offset) of this call: explicit, or a fresh seed from the CPU generator.
-PhiloxKey draw_key(const CombineArguments& arguments, const optional<at::Generator>& generator) {
+ops::PhiloxKey draw_key(const CombineArguments& arguments,
+                        const optional<at::Generator>& generator) {
   if (arguments.seed.has_value()) return {*arguments.seed, arguments.offset};
   auto* cpu_generator = at::get_generator_or_default<at::CPUGeneratorImpl>(
       generator, at::detail::getDefaultCPUGenerator());
@@ -203,7 +197,9 @@ struct KernelCall {
   std::vector<double> task_leak;
   std::vector<int64_t> task_index;
 
-  KernelCall(const CombineArguments& arguments, const PhiloxKey& key, at::Tensor& output) {
+  // `output` is undefined for the column-sums phase, which writes none.
+  KernelCall(const CombineArguments& arguments, const ops::PhiloxKey& key,
+             const at::Tensor& output) {
     for (int64_t task = 0; task < arguments.num_tasks(); ++task) {
       const auto& grad = arguments.grads[static_cast<size_t>(task)];
       if (!grad.defined()) continue;
@@ -228,9 +224,9 @@ struct KernelCall {
         arguments.keep_probability.defined() ? arguments.keep_probability.data_ptr() : nullptr;
     params.seed = key.seed;
     params.offset = key.offset;
-    params.output = output.data_ptr();
+    params.output = output.defined() ? output.data_ptr() : nullptr;
     params.accumulate = arguments.needs_accumulators();
-    params.stream_output = streams(output);
+    params.stream_output = output.defined() && streams(output);
   }
 
   // Whether the kernels stream the output past the cache (cpu::Streaming).
@@ -267,102 +263,36 @@ struct KernelCall {
   }
 };
 
-// The output: `given` (combine_into; it may be one of the task gradients, which every kernel
-// reads before it writes the same element), or a fresh tensor. A fresh output is left to the
-// allocator's pages, faulted in by the kernel's own writes: advising huge pages for it halved
-// the faults' cost in a tight loop here but made a call 4x slower when calls were seconds apart
-// (the VM hands freed 2 MiB blocks back to its host, and re-faulting them is slow), so that
-// choice is left to the user (PyTorch's THP_MEM_ALLOC_ENABLE=1, for every allocation).
-at::Tensor output_for(const CombineArguments& arguments, const at::Tensor& given) {
-  if (given.defined()) return given;
-  return at::empty_like(arguments.activation);
+// The key of a call that draws one: the explicit U needs none (the generator is left alone).
+ops::PhiloxKey key_of(const CombineArguments& arguments,
+                      const optional<at::Generator>& generator) {
+  return arguments.uniform.defined() ? ops::PhiloxKey{0, 0} : draw_key(arguments, generator);
 }
 
-// combine with a process group (src/distributed/group_call.h): the global column sums replace
-// the local ones, rank 0's key replaces this rank's, and keep_grad_norm's norms are global.
-std::tuple<at::Tensor, at::Tensor> combine_cpu_in_group(CombineArguments arguments,
-                                                        const std::string& group_name,
-                                                        const optional<at::Generator>& generator,
-                                                        const at::Tensor& given_output) {
-  distributed::GroupCall group(group_name, arguments);
-  distributed::materialise_zero_grads(arguments);
-  auto output = output_for(arguments, given_output);
-  auto accumulators = ops::zero_accumulators(arguments);
-  const PhiloxKey local_key =
-      arguments.uniform.defined() ? PhiloxKey{0, 0} : draw_key(arguments, generator);
-  KernelCall call(arguments, local_key, output);
-  at::Tensor global_sums;
-  if (arguments.marginalize_batch) {
-    // This rank's column sums, then everyone's.
-    global_sums = at::zeros({arguments.num_tasks(), arguments.columns},
-                            arguments.activation.options().dtype(arguments.opmath_type()));
-    if (arguments.columns > 0) {
-      call.params.column_sums_out = global_sums.data_ptr();
-      call.run(arguments, accumulators);
-      call.params.column_sums_out = nullptr;
-    }
-  }
-  const auto agreed = group.exchange({local_key.seed, local_key.offset}, global_sums);
-  if (arguments.columns == 0) return ops::finish_combine(output, accumulators, arguments);
-  if (arguments.marginalize_batch) {
-    call.params.column_sums_in = global_sums.data_ptr();
-    call.params.seed = agreed.seed;
-    call.params.offset = agreed.offset;
-  }
-  // Per-element mode has no batch sum: each rank draws with its own key (README).
-  call.run(arguments, accumulators);
-  if (arguments.keep_grad_norm) group.sum_squared_norms(accumulators);
-  return ops::finish_combine(output, accumulators, arguments);
+void combine_cpu(const CombineArguments& arguments, const optional<at::Generator>& generator,
+                 const at::Tensor& output, const at::Tensor& accumulators) {
+  // Drawn even for empty tensors, so the generator advances the same way whatever the shape.
+  const ops::PhiloxKey key = key_of(arguments, generator);
+  if (arguments.columns == 0) return;
+  KernelCall(arguments, key, output).run(arguments, accumulators);
 }
 
-// One call, into `given_output` when it is defined (combine_into) or a fresh output.
-std::tuple<at::Tensor, at::Tensor> combine_cpu_call(CombineArguments arguments,
-                                                    const optional<at::Generator>& generator,
-                                                    optional<c10::string_view> group_name,
-                                                    const at::Tensor& given_output) {
-  if (group_name.has_value()) {
-    return combine_cpu_in_group(std::move(arguments), std::string(*group_name), generator,
-                                given_output);
-  }
-  auto output = output_for(arguments, given_output);
-  auto accumulators = ops::zero_accumulators(arguments);
-  // An explicit U needs no generator; otherwise draw the key even for empty tensors, so the
-  // generator advances the same way whatever the shape.
-  const PhiloxKey key =
-      arguments.uniform.defined() ? PhiloxKey{0, 0} : draw_key(arguments, generator);
-  if (arguments.columns == 0) return ops::finish_combine(output, accumulators, arguments);
+void column_sums_cpu(const CombineArguments& arguments, const at::Tensor& sums) {
+  KernelCall call(arguments, ops::PhiloxKey{}, at::Tensor());
+  call.params.column_sums_out = sums.data_ptr();
+  call.run(arguments, at::Tensor());
+}
+
+void combine_with_sums_cpu(const CombineArguments& arguments, const at::Tensor& sums,
+                           ops::PhiloxKey key, const at::Tensor& output,
+                           const at::Tensor& accumulators) {
   KernelCall call(arguments, key, output);
+  if (sums.defined()) call.params.column_sums_in = sums.data_ptr();
   call.run(arguments, accumulators);
-  return ops::finish_combine(output, accumulators, arguments);
 }
 
-std::tuple<at::Tensor, at::Tensor> combine_cpu(
-    const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
-    c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
-    c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
-    bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
-    const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
-    bool statistics, optional<c10::string_view> group_name) {
-  return combine_cpu_call(
-      ops::prepare_combine(activation, grads, leak, sign_source, marginalize_batch,
-                           keep_function, scale, zero_sign, epsilon, keep_grad_norm, uniform,
-                           keep_probability, seed, offset, statistics),
-      generator, group_name, at::Tensor());
-}
-
-at::Tensor combine_into_cpu(
-    at::Tensor& out, const at::Tensor& activation, const c10::List<optional<at::Tensor>>& grads,
-    c10::ArrayRef<double> leak, c10::string_view sign_source, bool marginalize_batch,
-    c10::string_view keep_function, double scale, c10::string_view zero_sign, double epsilon,
-    bool keep_grad_norm, optional<at::Generator> generator, const optional<at::Tensor>& uniform,
-    const optional<at::Tensor>& keep_probability, optional<int64_t> seed, int64_t offset,
-    bool statistics, optional<c10::string_view> group_name) {
-  auto arguments = ops::prepare_combine(activation, grads, leak, sign_source, marginalize_batch,
-                                        keep_function, scale, zero_sign, epsilon, keep_grad_norm,
-                                        uniform, keep_probability, seed, offset, statistics);
-  ops::check_out(out, arguments.activation);
-  return std::get<1>(combine_cpu_call(std::move(arguments), generator, group_name, out));
-}
+const ops::CombineKernels kCpuKernels = {combine_cpu, key_of, column_sums_cpu,
+                                         combine_with_sums_cpu};
 
 }  // namespace
 
@@ -377,7 +307,4 @@ void cpu::draw_uniform(Capability capability, uint64_t seed, uint64_t offset, in
 
 }  // namespace graddrop
 
-TORCH_LIBRARY_IMPL(graddrop, CPU, m) {
-  m.impl("combine", TORCH_FN(graddrop::combine_cpu));
-  m.impl("combine_into", TORCH_FN(graddrop::combine_into_cpu));
-}
+GRADDROP_REGISTER_COMBINE_KERNELS(CPU, graddrop::kCpuKernels);

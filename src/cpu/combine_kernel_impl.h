@@ -34,9 +34,9 @@
 #endif
 
 #include "cpu/combine_kernel_params.h"
-#include "graddrop/detail/math.h"
-#include "graddrop/detail/philox.h"
-#include "graddrop/detail/philox_simd.h"
+#include "detail/math.h"
+#include "detail/philox.h"
+#include "detail/philox_simd.h"
 
 // Asserts that the iterations of the next loop are independent, so the compiler vectorises it
 // without run-time alias checks (the loops read up to 8 task arrays and write several others).
@@ -58,8 +58,7 @@ inline int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // Blocks (rows in marginalised pass 1) ahead that the loops prefetch: the Philox draw of a block
 // is pure arithmetic, and without software prefetch the memory streams sit idle while it runs
-// (measured: 37 -> 25 ms for the non-draw part of a 16M-element, 2-task float32 call on one
-// thread).
+// (docs/performance.md).
 constexpr int64_t kPrefetchBlocks = 2;
 
 // Asks for the cache lines of data[first, first + count) (clipped to `size` elements).
@@ -384,8 +383,8 @@ void draw_uniform(uint64_t seed, uint64_t offset, int64_t first, int64_t count, 
   int64_t group = 0;
 #if defined(__AVX512F__) || defined(__AVX2__)
   // Two registers of groups per call where the block allows: independent Philox chains side by
-  // side keep the multiplier busy while each waits for its products (measured 1.5x faster
-  // than one register; four run out of registers).
+  // side keep the multiplier busy while each waits for its products (four run out of
+  // registers; docs/performance.md has the draw's benchmark).
   for (; group + 2 * kPhiloxLanes <= groups; group += 2 * kPhiloxLanes) {
     draw_vector_groups<2>(seed, offset, first_group + static_cast<uint64_t>(group),
                           uniform + 4 * group);

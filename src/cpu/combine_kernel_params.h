@@ -5,7 +5,7 @@
 // instantiate ATen, c10 or standard-library code that a baseline caller could end up linked to.
 #include <cstdint>
 
-#include "graddrop/detail/math.h"
+#include "detail/math.h"
 
 namespace graddrop {
 namespace cpu {

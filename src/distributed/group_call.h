@@ -1,6 +1,6 @@
 #pragma once
 // Global batch marginalisation: what one combine call exchanges with the other ranks of a c10d
-// process group. Every device's kernel runs the same protocol (README, "Data-parallel"):
+// process group, for the protocol of group_combine.h (docs/distributed.md):
 //   1. exchange(): the local [num_tasks, F] column sums of the signals G_i are summed over the
 //      ranks (P and the signs of the G_i are then those of the global batch, identical on every
 //      rank), and rank 0's Philox key becomes everyone's (every rank draws the same U). The
@@ -14,7 +14,7 @@
 // never joins, a timeout, a closed connection) come back as a c10::Error naming the group, the
 // step and the shape, within the group's own timeout.
 //
-// This header names no c10d type, so the CUDA sources can include it.
+// This header names no c10d type.
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -28,10 +28,7 @@ namespace graddrop {
 namespace distributed {
 
 // The Philox key of a call.
-struct CallKey {
-  uint64_t seed = 0;
-  uint64_t offset = 0;
-};
+using CallKey = ops::PhiloxKey;
 
 // One combine call's exchanges with group `group_name` (resolved in c10d's registry).
 class GroupCall {

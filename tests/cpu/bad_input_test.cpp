@@ -283,3 +283,38 @@ TEST(BadInput, LayerRefusesInvalidOptions) {
 
 }  // namespace
 }  // namespace graddrop
+
+namespace graddrop {
+namespace {
+
+// The error types Python users see (ValueError, TypeError, RuntimeError) are c10's typed errors:
+// a value or shape out of range is a c10::ValueError, a wrong dtype or layout a c10::TypeError,
+// a device mismatch a plain c10::Error.
+TEST(BadInput, ErrorsAreTyped) {
+  auto generator = testing::seeded_generator(514);
+  const auto activation = randn({4, 5}, generator);
+  const auto grads = randn_grads(2, {4, 5}, generator);
+  EXPECT_THROW(combine(grads, activation, GradDropOptions(2).leak({0.0, 1.5})), c10::ValueError);
+  EXPECT_THROW(combine(grads, activation, GradDropOptions(2).epsilon(0.0)), c10::ValueError);
+  EXPECT_THROW(combine({grads[0], randn({4, 6}, generator)}, activation), c10::ValueError);
+  EXPECT_THROW(combine(grads, activation, GradDropOptions(2), nullopt, at::rand({4})),
+               c10::ValueError);
+  EXPECT_THROW(combine({grads[0], grads[1].to(at::kDouble)}, activation), c10::TypeError);
+  EXPECT_THROW(combine({grads[0], grads[1].to_sparse()}, activation), c10::TypeError);
+  EXPECT_THROW(combine({grads[0].to(at::kInt)}, activation.to(at::kInt), GradDropOptions(1)),
+               c10::TypeError);
+  EXPECT_THROW(GradDropLayer(GradDropOptions(0)), c10::ValueError);
+  try {
+    combine({grads[0], grads[1].to(at::kMeta)}, activation);
+    ADD_FAILURE() << "a gradient on another device was accepted";
+  } catch (const c10::ValueError&) {
+    ADD_FAILURE() << "a device mismatch is not a ValueError";
+  } catch (const c10::TypeError&) {
+    ADD_FAILURE() << "a device mismatch is not a TypeError";
+  } catch (const c10::Error& error) {
+    EXPECT_NE(std::string(error.what()).find("is on device meta"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace graddrop

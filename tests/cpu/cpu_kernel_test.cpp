@@ -15,10 +15,10 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
-#include "../../src/cpu/cpu_capability.h"
+#include "cpu/cpu_capability.h"
 #include "graddrop/combine.h"
-#include "graddrop/detail/math.h"
-#include "graddrop/detail/philox.h"
+#include "detail/math.h"
+#include "detail/philox.h"
 #include "graddrop/reference.h"
 #include "test_support.h"
 

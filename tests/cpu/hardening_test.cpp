@@ -9,7 +9,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "../../src/ops/combine_op.h"
+#include "ops/combine_op.h"
 #include "graddrop/graddrop.h"
 #include "test_support.h"
 

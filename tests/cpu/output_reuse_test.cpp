@@ -1,4 +1,4 @@
-// combine_into and the layer's backward writing its result into a head gradient that nothing
+// combine_out and the layer's backward writing its result into a head gradient that nothing
 // else holds: the same bits as a fresh output, and never a tensor someone else can still see.
 #include <cstdint>
 #include <vector>
@@ -19,7 +19,7 @@ std::vector<at::Tensor> clones(const std::vector<at::Tensor>& tensors) {
   return result;
 }
 
-TEST(CombineInto, WritingIntoATaskGradientGivesCombinesBits) {
+TEST(CombineOut, WritingIntoATaskGradientGivesCombinesBits) {
   auto generator = testing::seeded_generator(901);
   for (const auto dtype : {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}) {
     for (const bool marginalize : {false, true}) {
@@ -40,7 +40,7 @@ TEST(CombineInto, WritingIntoATaskGradientGivesCombinesBits) {
           auto own = clones(grads);
           auto out = own[static_cast<size_t>(target)];
           GradDropStatistics statistics;
-          combine_into(out, own, activation, options, nullopt, nullopt, &statistics);
+          combine_out(out, own, activation, options, nullopt, nullopt, &statistics);
           EXPECT_TRUE(testing::bitwise_equal(out, expected)) << "out = grads[" << target << "]";
           EXPECT_TRUE(testing::statistics_equal(statistics, expected_statistics, 0.0));
           // The other gradients are untouched.
@@ -55,34 +55,34 @@ TEST(CombineInto, WritingIntoATaskGradientGivesCombinesBits) {
   }
 }
 
-TEST(CombineInto, RefusesAnOutOfTheWrongShapeOrDtype) {
+TEST(CombineOut, RefusesAnOutOfTheWrongShapeOrDtype) {
   const auto activation = at::randn({4, 8});
   const std::vector<at::Tensor> grads{at::randn({4, 8}), at::randn({4, 8})};
   auto wrong_shape = at::empty({4, 9});
   EXPECT_TRUE(testing::throws_error_containing(
-      [&] { combine_into(wrong_shape, grads, activation); }, {"out has shape [4, 9]"}));
+      [&] { combine_out(wrong_shape, grads, activation); }, {"out has shape [4, 9]"}));
   auto wrong_dtype = at::empty({4, 8}, at::kDouble);
   EXPECT_TRUE(testing::throws_error_containing(
-      [&] { combine_into(wrong_dtype, grads, activation); }, {"out has dtype Double"}));
+      [&] { combine_out(wrong_dtype, grads, activation); }, {"out has dtype Double"}));
   auto strided = at::empty({8, 4}).t();
-  EXPECT_TRUE(testing::throws_error_containing([&] { combine_into(strided, grads, activation); },
+  EXPECT_TRUE(testing::throws_error_containing([&] { combine_out(strided, grads, activation); },
                                                {"out must be a contiguous"}));
 }
 
-// combine_into is an in-place write: it refuses what would silently cut a gradient path, and it
+// combine_out is an in-place write: it refuses what would silently cut a gradient path, and it
 // bumps out's version so that a backward which saved out before the write refuses to run.
-TEST(CombineInto, RefusesInputsThatRequireGradAndLeavesOutUntouched) {
+TEST(CombineOut, RefusesInputsThatRequireGradAndLeavesOutUntouched) {
   const auto activation = at::randn({4, 8});
   const std::vector<at::Tensor> grads{at::randn({4, 8}).requires_grad_(true), at::randn({4, 8})};
   auto out = at::randn({4, 8});
   const auto before = out.clone();
   EXPECT_TRUE(testing::throws_error_containing(
-      [&] { combine_into(out, grads, activation); },
-      {"graddrop::combine_into has no derivative", "grads[0] requires grad"}));
+      [&] { combine_out(out, grads, activation); },
+      {"graddrop::combine.out has no derivative", "grads[0] requires grad"}));
   auto out_requiring_grad = at::randn({4, 8}).requires_grad_(true);
   const std::vector<at::Tensor> detached{grads[0].detach(), grads[1]};
   EXPECT_TRUE(testing::throws_error_containing(
-      [&] { combine_into(out_requiring_grad, detached, activation); },
+      [&] { combine_out(out_requiring_grad, detached, activation); },
       {"writes into out, which requires grad"}));
   at::Tensor inference_out;
   {
@@ -90,27 +90,27 @@ TEST(CombineInto, RefusesInputsThatRequireGradAndLeavesOutUntouched) {
     inference_out = at::zeros({4, 8});
   }
   EXPECT_TRUE(testing::throws_error_containing(
-      [&] { combine_into(inference_out, detached, activation); },
+      [&] { combine_out(inference_out, detached, activation); },
       {"out is an inference tensor"}));
   EXPECT_TRUE(testing::bitwise_equal(out, before));
   EXPECT_EQ(inference_out.abs().sum().item<float>(), 0.0f);
   // With grad mode off the same call is a plain write.
   at::NoGradGuard no_grad;
-  combine_into(out, grads, activation, GradDropOptions(2).seed(3));
+  combine_out(out, grads, activation, GradDropOptions(2).seed(3));
   EXPECT_TRUE(testing::bitwise_equal(out, combine(grads, activation, GradDropOptions(2).seed(3))));
 }
 
-TEST(CombineInto, BumpsTheVersionOfOut) {
+TEST(CombineOut, BumpsTheVersionOfOut) {
   const auto activation = at::randn({4, 8});
   const std::vector<at::Tensor> grads{at::randn({4, 8}), at::randn({4, 8})};
   auto out = at::randn({4, 8});
   const auto version = out._version();
-  combine_into(out, grads, activation);
+  combine_out(out, grads, activation);
   EXPECT_EQ(out._version(), version + 1);
   // A product that saved out for its backward sees the write.
   auto weight = at::randn({4, 8}).requires_grad_(true);
   auto product = (weight * out).sum();
-  combine_into(out, grads, activation);
+  combine_out(out, grads, activation);
   EXPECT_TRUE(testing::throws_error_containing([&] { product.backward(); },
                                                {"modified by an inplace operation"}));
 }

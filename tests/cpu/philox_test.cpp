@@ -1,7 +1,7 @@
 // Philox-4x32-10 against the known-answer vectors of the Random123 distribution (kat_vectors).
 #include <gtest/gtest.h>
 
-#include "graddrop/detail/philox.h"
+#include "detail/philox.h"
 
 namespace graddrop {
 namespace {

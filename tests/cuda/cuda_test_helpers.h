@@ -15,7 +15,7 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 
-#include "graddrop/detail/philox.h"
+#include "detail/philox.h"
 #include "graddrop/statistics.h"
 #include "test_support.h"
 

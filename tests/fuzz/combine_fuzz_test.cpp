@@ -33,8 +33,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 
-#include "../../src/cpu/cpu_capability.h"
-#include "../../src/ops/combine_op.h"
+#include "cpu/cpu_capability.h"
+#include "ops/combine_op.h"
+#include "ops/validation.h"
 #include "graddrop/combine.h"
 #include "graddrop/reference.h"
 #include "test_support.h"

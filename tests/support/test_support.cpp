@@ -10,7 +10,7 @@
 
 #include <torch/version.h>
 
-#include "graddrop/detail/philox.h"
+#include "detail/philox.h"
 
 namespace graddrop {
 namespace testing {

@@ -17,7 +17,7 @@
 #include <immintrin.h>
 #endif
 
-#include "graddrop/detail/philox.h"
+#include "detail/philox.h"
 
 namespace graddrop {
 namespace detail {

@@ -7,7 +7,7 @@
 // key = (seed_lo, seed_hi), word k % 4. So U never depends on thread count, grid or block shape.
 #include <cstdint>
 
-#include "graddrop/detail/host_device.h"
+#include "detail/host_device.h"
 
 namespace graddrop {
 namespace detail {

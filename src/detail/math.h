@@ -9,29 +9,10 @@
 
 #include <cstdint>
 
-#include "graddrop/detail/host_device.h"
+#include "detail/host_device.h"
+#include "graddrop/enums.h"
 
 namespace graddrop {
-
-// Which signal decides a task gradient's sign (DESIGN.md §1 step 1).
-enum class SignSource : int32_t {
-  kActivationSign = 0,   // s(A) = sign(A), sign(0) = 0 (the paper's Algorithm 1)
-  kActivationValue = 1,  // s(A) = A
-  kNone = 2,             // s(A) = 1 (parameter-space use)
-};
-
-// The function f applied to the purity P before the draw (DESIGN.md §1 step 4).
-enum class KeepFunction : int32_t {
-  kLinear = 0,   // f(P) = 0.5 + scale * (P - 0.5)
-  kSigmoid = 1,  // f(P) = sigmoid(4 * scale * (P - 0.5))
-  kCustom = 2,   // a user callable applied to the whole P tensor
-};
-
-// The mask of a task whose signal G_i is exactly zero (DESIGN.md §1 step 6).
-enum class ZeroSign : int32_t {
-  kDrop = 0,  // mask 0 (the formula as written)
-  kKeep = 1,  // mask 1 (the authors' Lingvo implementation)
-};
 
 namespace detail {
 
