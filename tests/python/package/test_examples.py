@@ -40,23 +40,23 @@ def test_quickstart_trains_and_reports_statistics():
                     reason=f"no Fashion-MNIST at {FASHION_DATA} (Debian's dataset-fashion-mnist; "
                     "scripts/setup.sh installs it)")
 def test_multi_fashion_on_a_subset_prints_the_results_table(tmp_path):
-    result = run_example("multi_fashion.py", "--train-size=1000", "--test-size=500",
-                         "--epochs=2", "--batch-size=50", "--threads=1")
+    result = run_example("multi_fashion.py", "--train-size=2000", "--test-size=500",
+                         "--epochs=3", "--batch-size=32", "--threads=1")
     assert result.returncode == 0, result.stderr
-    assert "Multi-Fashion 1000 train pairs, 500 test pairs, 28x28" in result.stdout
-    epochs = re.findall(r"^seed 0 epoch (\d)/2 (equal_weight|graddrop) +loss ([0-9.]+) ([0-9.]+) "
+    assert "Multi-Fashion 2000 train pairs, 500 test pairs, 28x28" in result.stdout
+    epochs = re.findall(r"^seed 0 epoch (\d)/3 (equal_weight|graddrop) +loss ([0-9.]+) ([0-9.]+) "
                         r" test acc +([0-9.]+)% +([0-9.]+)%  train ([0-9.]+)s$",
                         result.stdout, re.MULTILINE)
-    assert [(e[0], e[1]) for e in epochs] == [("1", "equal_weight"), ("1", "graddrop"),
-                                               ("2", "equal_weight"), ("2", "graddrop")]
+    assert [(e[0], e[1]) for e in epochs] == [(str(epoch), method) for epoch in (1, 2, 3)
+                                               for method in ("equal_weight", "graddrop")]
     table = re.findall(r"^(equal_weight|graddrop) +([0-9.]+) +([0-9.]+) +([0-9.]+) +([0-9.]+)$",
                        result.stdout, re.MULTILINE)
     assert [row[0] for row in table] == ["equal_weight", "graddrop"]
     for method, task_1, task_2, mean, seconds in table:
         for accuracy in (task_1, task_2, mean):
             assert 0.0 <= float(accuracy) <= 100.0
-            # 10 classes: chance is 10 %. 1000 pairs and two epochs reach well above it.
-            assert float(accuracy) > 25.0, f"{method} at {accuracy} % on the subset"
+            # 10 classes: chance is 10 %; 2000 pairs and three epochs reach about 55 %.
+            assert float(accuracy) > 30.0, f"{method} at {accuracy} % on the subset"
         assert float(seconds) > 0.0
     assert re.search(r"^GradDrop time overhead: [0-9.]+x the equal-weight time per epoch "
                      r"\([+-][0-9.]+%\)$", result.stdout, re.MULTILINE)
