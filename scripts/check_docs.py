@@ -177,7 +177,7 @@ def check_code(root: str, where: str, code: str, targets: Set[str], tests: Set[s
         head = token.split("/")[0]
         if "/" in token and head in TOP_LEVEL_DIRS:
             check_repository_path(root, token, where, report)
-        elif token in TOP_LEVEL_FILES and token != "CITATION.cff":
+        elif token in TOP_LEVEL_FILES:
             check_repository_path(root, token, where, report)
         elif re.match(r"^graddrop/[A-Za-z0-9_/]+\.h$", token):
             report.check(os.path.exists(os.path.join(root, "include", token)), where,
