@@ -1,6 +1,6 @@
 // The CUDA combine kernels against (a) the composed-ATen reference on the GPU (one operation at
 // a time, the way Python libraries write GradDrop) and (b) a device-to-device copy, the
-// memory-bandwidth bound (DESIGN.md §7).
+// memory-bandwidth bound (docs/performance.md).
 //
 // Every configuration: N elements (16M, 64M), n tasks (2, 4, 8), float32 and bfloat16, per
 // element and marginalised ([256, N/256] and [4096, N/4096]). Times come from CUDA events around

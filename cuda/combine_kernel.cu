@@ -65,15 +65,15 @@ void add_partial_rows(const at::Tensor& partial_rows, const at::Tensor& accumula
 }
 
 // The reserved key as host values, for the data-parallel phases (the group agrees on rank 0's
-// key and passes it back as an explicit one). Reading the values needs a call that is not being
-// captured in a CUDA graph; a data-parallel call never is (it exchanges values with the other
-// ranks).
+// key and passes it back as an explicit one) and verify mode. Reading the values needs a call
+// that is not being captured in a CUDA graph.
 ops::PhiloxKey draw_key_cuda(const ops::CombineArguments& arguments,
                              const optional<at::Generator>& generator) {
   const auto key = reserve_draw(arguments, generator);
   TORCH_CHECK(!key.philox.captured_,
-              "graddrop: a combine with a process group cannot be captured in a CUDA graph: it "
-              "exchanges values with the other ranks");
+              "graddrop: this call needs its Philox key on the host (a call with a process "
+              "group, or the first call of a configuration in verify mode), which a CUDA graph "
+              "capture does not allow; run it once before capturing");
   return {key.philox.seed_.val,
           key.generator_offset ? key.philox.offset_.val / 4 : key.philox.offset_.val};
 }

@@ -1,4 +1,4 @@
-// Multi-Fashion multitask training (DESIGN.md §5): a LeNet trunk shared by two 10-way heads,
+// Multi-Fashion multitask training (docs/demo.md): a LeNet trunk shared by two 10-way heads,
 // trained with equal loss weights and with a GradDropLayer between trunk and heads, from the
 // same initial weights and in the same data order. Prints per-task test accuracy and time per
 // epoch, writes the per-epoch metrics as CSV, and plots test accuracy with gnuplot.

@@ -24,9 +24,9 @@ c10::List<optional<at::Tensor>> as_list(const std::vector<at::Tensor>& grads) {
 
 void check_task_count(const std::vector<at::Tensor>& grads, const GradDropOptions& options) {
   options.validate();
-  TORCH_CHECK(static_cast<int64_t>(grads.size()) == options.num_tasks(),
-              "graddrop::combine: expected num_tasks (", options.num_tasks(),
-              ") gradients, got ", grads.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) == options.num_tasks(),
+                    "graddrop::combine: expected num_tasks (", options.num_tasks(),
+                    ") gradients, got ", grads.size());
 }
 
 // The dispatcher picks the kernel from the devices of all tensor arguments, so a tensor on a

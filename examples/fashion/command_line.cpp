@@ -201,7 +201,7 @@ std::string usage(const std::string& program) {
        << d.pair_seed << ")\n"
        << "  --data-dir=PATH      directory of the *-idx?-ubyte.gz files\n"
        << "                       (/usr/share/datasets/fashion-mnist)\n"
-       << "GradDrop (DESIGN.md section 1):\n"
+       << "GradDrop (docs/design.md, What GradDrop computes):\n"
        << "  --leak=L | L1,L2     per-task leak in [0, 1] (0)\n"
        << "  --marginalize=BOOL   sum the sign signal over the batch (true)\n"
        << "  --keep-function=F    linear or sigmoid (linear)\n"

@@ -1,5 +1,5 @@
 #pragma once
-// Multi-Fashion (DESIGN.md §5): two Fashion-MNIST items overlapped on one canvas, one task per
+// Multi-Fashion (docs/demo.md): two Fashion-MNIST items overlapped on one canvas, one task per
 // item.
 #include <cstdint>
 

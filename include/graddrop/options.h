@@ -1,5 +1,5 @@
 #pragma once
-// GradDropOptions: every setting of DESIGN.md §1, in the C++ frontend's options style.
+// GradDropOptions: every setting of docs/options.md, in the C++ frontend's options style.
 #include <cstdint>
 #include <functional>
 #include <string>

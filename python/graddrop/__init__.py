@@ -37,9 +37,24 @@ from graddrop._ops import (GradDropStatistics, KeepCallable, combine,  # noqa: E
                            purity, purity_shape)
 from graddrop._layer import GradDropFunction, GradDropLayer  # noqa: E402
 
+
+
+def set_verify(enabled: bool) -> None:
+    """Verify mode: the first call of each configuration on a GPU also runs the CPU kernel on
+    copies with the same key and raises on any difference, naming the first differing element
+    and a file with the inputs. Off by default (``GRADDROP_VERIFY=1`` turns it on at start)."""
+    torch.ops.graddrop.set_verify(bool(enabled))
+
+
+def verify_enabled() -> bool:
+    """Whether verify mode is on (:func:`set_verify`)."""
+    return bool(torch.ops.graddrop.verify_enabled())
+
+
 #: Whether the CUDA kernels were compiled into the loaded library.
 CUDA_KERNELS: bool = _build_info.CUDA_KERNELS
 __version__ = "0.1.0"
 
 __all__ = ["GradDropLayer", "GradDropFunction", "GradDropStatistics", "KeepCallable", "combine",
-           "purity", "purity_shape", "CUDA_KERNELS", "LIBRARY_PATH"]
+           "purity", "purity_shape", "set_verify", "verify_enabled", "CUDA_KERNELS",
+           "LIBRARY_PATH"]

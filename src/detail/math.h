@@ -1,5 +1,5 @@
 #pragma once
-// The math of GradDrop (DESIGN.md §1), written once and shared by the CPU and CUDA kernels.
+// The math of GradDrop (docs/design.md, "What GradDrop computes"), written once and shared by the CPU and CUDA kernels.
 // All functions take op-math values (float for float/half/bfloat16, double for double).
 //
 // Keep this file free of anything a compiler may contract or reorder differently on the two

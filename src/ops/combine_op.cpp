@@ -16,6 +16,7 @@
 
 #include "distributed/group_combine.h"
 #include "ops/validation.h"
+#include "ops/verify.h"
 
 namespace graddrop {
 namespace ops {
@@ -54,6 +55,10 @@ std::tuple<at::Tensor, at::Tensor> run_combine(CombineArguments arguments,
     const auto accumulators = distributed::combine_in_group(
         arguments, generator, std::string(*group_name), kernels, output);
     return {output, finish_combine(output, accumulators, arguments)};
+  }
+  if (verify_enabled() && arguments.activation.device().type() != c10::DeviceType::CPU &&
+      first_call_of(arguments)) {
+    return {output, verified_combine(arguments, generator, kernels, output)};
   }
   const auto accumulators = zero_accumulators(arguments);
   kernels.combine(arguments, generator, output, accumulators);
@@ -102,6 +107,9 @@ void check_options(int64_t num_tasks, c10::ArrayRef<double> leak, c10::string_vi
   check_epsilon(epsilon);
   check_offset(offset, seed.has_value());
 }
+
+void set_verify_mode(bool enabled) { set_verify(enabled); }
+bool verify_mode() { return verify_enabled(); }
 
 }  // namespace
 
@@ -183,6 +191,9 @@ TORCH_LIBRARY(graddrop, m) {
       "str keep_function='linear', float scale=1.0, str zero_sign='drop', float epsilon=1e-07, "
       "int? seed=None, int offset=0) -> ()",
       &graddrop::ops::check_options);
+  // Verify mode (ops/verify.h), for the Python package's graddrop.set_verify.
+  m.def("set_verify(bool enabled) -> ()", &graddrop::ops::set_verify_mode);
+  m.def("verify_enabled() -> bool", &graddrop::ops::verify_mode);
 }
 
 TORCH_LIBRARY_IMPL(graddrop, CompositeExplicitAutograd, m) {

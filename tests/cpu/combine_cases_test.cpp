@@ -1,4 +1,4 @@
-// Hand-computed cases that pin each documented choice of DESIGN.md §1: the zero policy, leaks,
+// Hand-computed cases that pin each documented choice of docs/design.md: the zero policy, leaks,
 // n = 1, all-zero gradients, the keep functions' values, keep_grad_norm, batch marginalisation,
 // 1-d and 0-d activations, empty tensors, statistics, and NaN/Inf propagation.
 #include <cmath>

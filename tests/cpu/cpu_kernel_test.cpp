@@ -93,7 +93,7 @@ at::Tensor misaligned_copy(const at::Tensor& tensor) {
 
 // --- The shared math (detail/math.h) --------------------------------------------------------
 
-// The mask rule written out as DESIGN.md §1 step 6 states it, case by case.
+// The mask rule written out as docs/design.md states it, case by case.
 template <typename T>
 bool expected_mask(T signal, T keep, T uniform, ZeroSign zero_sign) {
   if (std::isnan(keep)) return false;  // a NaN f(P) keeps nothing (its coefficient is NaN)
@@ -202,7 +202,7 @@ TEST(CpuKernel, ExponentialIsWithinTwoUlpOfExp) {
   check_exponential<double>(seed + 1);
 }
 
-// The canonical batch sum (DESIGN.md §2): a marginalised P equals the P formed from column sums
+// The canonical batch sum (docs/design.md, "The same bits on every device"): a marginalised P equals the P formed from column sums
 // added exactly in the canonical order (row lanes inside chunks, the fixed tree, chunks in
 // order), bit for bit, for batches around the chunk boundaries. One column, so the statistics'
 // mean purity is that P itself. The plain row-by-row order must differ somewhere, or the test

@@ -1,4 +1,4 @@
-// Randomness (DESIGN.md §2): torch::manual_seed makes combine reproducible, an explicit
+// Randomness (docs/design.md): torch::manual_seed makes combine reproducible, an explicit
 // generator is the one used, and results do not depend on the number of threads.
 #include <string>
 #include <vector>

@@ -1,7 +1,7 @@
 """graddrop's dispatcher operators called from Python (torch.ops.graddrop.*).
 
 The shared library is found through GRADDROP_LIBRARY (set by CTest). The expected values come
-from a float64 implementation of DESIGN.md section 1 written here in plain torch.
+from a float64 implementation of docs/design.md ("What GradDrop computes") written here in plain torch.
 """
 import os
 import random

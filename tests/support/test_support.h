@@ -79,7 +79,7 @@ std::string describe(const GradDropOptions& options);
 // is detail::philox_uniform(seed, offset, k). float32, exact.
 at::Tensor philox_uniform_tensor(at::IntArrayRef shape, uint64_t seed, uint64_t offset);
 
-// The statistics DESIGN.md §3 describes, counted from a float64 reference result's signals,
+// The statistics docs/options.md describes, counted from a float64 reference result's signals,
 // purity and masks.
 GradDropStatistics statistics_of_reference(const reference::ReferenceResult& result);
 
