@@ -10,12 +10,14 @@
 
 #include "graddrop/detail/math.h"
 #include "graddrop/detail/philox.h"
+#include "launch_plan.h"
 #include "ops/combine_op.h"
 
 namespace graddrop {
 namespace cuda_kernels {
 
 constexpr int kThreads = 256;  // threads per block of the per-element and reduction kernels
+static_assert(kThreads == cuda_plan::kPerElementThreads, "the plans use the kernels' block size");
 constexpr int kWarps = kThreads / 32;
 constexpr int kGroup = 4;         // logical indices per Philox call
 constexpr int kGenericChunk = 8;  // tasks held in registers at once beyond 8 tasks
