@@ -218,6 +218,13 @@ struct Marginalized {
         plan.shared_bytes = shared;
       }
     }
+    if (best_resident < 0) {
+      // No strip fits (thousands of tasks): the narrowest, which the launcher refuses with the
+      // bytes it would need (allow_shared_memory in launch_common.cu).
+      plan.strip_width = kStripGroupColumns;
+      plan.strips = ceil_div(shape.columns, kStripGroupColumns);
+      plan.shared_bytes = layout_bytes(kStripGroupColumns, 0);
+    }
     plan.threads = 2 * plan.strip_width;
     // As many chunks per part as still give one full wave of blocks.
     const int64_t wave = int64_t(blocks_per_sm(plan.strip_width, plan.shared_bytes)) *
@@ -254,6 +261,14 @@ struct Marginalized {
           plan.apply_shared_bytes = shared;
         }
       }
+    }
+    if (best_resident < 0) {
+      plan.apply_rows = detail::kRowChunk;
+      plan.apply_width = kStripGroupColumns;
+      plan.apply_strips = plan.strips;
+      plan.apply_slices_per_part = std::max<int64_t>(1, ceil_div(chunks, device.max_grid_y));
+      plan.apply_parts = ceil_div(chunks, plan.apply_slices_per_part);
+      plan.apply_shared_bytes = apply_layout_bytes(kStripGroupColumns);
     }
     plan.apply_threads = 2 * plan.apply_width;
     plan.apply_occupancy = occupancy(plan.apply_width, plan.apply_strips * plan.apply_parts,
