@@ -85,21 +85,21 @@ constexpr int64_t kLargeCall = int64_t(1) << 20;  // elements from which the dev
 constexpr int64_t kDefaultSharedBytes = 48 * 1024;  // per block without the opt-in
 
 // Tasks a kernel holds in registers at once (the task list's chunk: combine_common.cuh).
-inline int chunk_tasks_of(int num_tasks) {
+constexpr int chunk_tasks_of(int num_tasks) {
   return num_tasks <= 2 ? 2 : (num_tasks <= 4 ? 4 : 8);
 }
 
 // Per element: elements per thread and step (16 bytes of each input for 16-bit types with few
 // tasks, one Philox group of 4 otherwise).
-GRADDROP_HOST_DEVICE int per_element_width_of(int scalar_size, int chunk_tasks) {
+constexpr GRADDROP_HOST_DEVICE int per_element_width_of(int scalar_size, int chunk_tasks) {
   return scalar_size == 2 && chunk_tasks <= 4 ? 8 : 4;
 }
 
-GRADDROP_HOST_DEVICE int64_t row_chunks_of(int64_t rows) {
+constexpr GRADDROP_HOST_DEVICE int64_t row_chunks_of(int64_t rows) {
   return (rows + detail::kRowChunk - 1) / detail::kRowChunk;
 }
 
-GRADDROP_HOST_DEVICE int64_t align_shared(int64_t bytes) {
+constexpr GRADDROP_HOST_DEVICE int64_t align_shared(int64_t bytes) {
   return (bytes + 31) / 32 * 32;
 }
 
@@ -113,11 +113,11 @@ struct MarginalizedLayout {
   int64_t total;
 };
 
-GRADDROP_HOST_DEVICE MarginalizedLayout marginalized_layout(int num_tasks, int chunk_tasks,
+constexpr GRADDROP_HOST_DEVICE MarginalizedLayout marginalized_layout(int num_tasks, int chunk_tasks,
                                                             int width, int opmath_size,
                                                             bool statistics, int64_t cache_bytes) {
   const int64_t threads = 2 * width;
-  MarginalizedLayout layout;
+  MarginalizedLayout layout{};
   layout.column_values = 0;
   layout.lane_scratch = align_shared(int64_t(num_tasks) * width * opmath_size);
   layout.statistics = layout.lane_scratch +
@@ -129,7 +129,7 @@ GRADDROP_HOST_DEVICE MarginalizedLayout marginalized_layout(int num_tasks, int c
 }
 
 // Bytes of the gradient cache for `rows` rows of a strip of `width` columns.
-GRADDROP_HOST_DEVICE int64_t marginalized_cache_bytes(int64_t rows, int width, int num_tasks,
+constexpr GRADDROP_HOST_DEVICE int64_t marginalized_cache_bytes(int64_t rows, int width, int num_tasks,
                                                       int scalar_size) {
   const int64_t iterations = (rows + detail::kRowLanes - 1) / detail::kRowLanes;
   return iterations * num_tasks * (2 * width) * 4 * scalar_size;
