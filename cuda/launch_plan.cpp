@@ -38,7 +38,7 @@ double occupancy_of(const DeviceLimits& device, int64_t blocks, int threads, int
 }
 
 int registers_of(const CallShape& shape) {
-  return shape.registers_per_thread > 0 ? shape.registers_per_thread : kAssumedRegisters;
+  return shape.registers_per_thread > 0 ? shape.registers_per_thread : kernel_registers(shape);
 }
 
 // Pass 1 keeps this many rows' loads in flight per thread (marginalized_kernel.cuh).
@@ -179,12 +179,13 @@ struct Marginalized {
   LaunchPlan plan_large() const {
     LaunchPlan plan;
     const auto widths = strip_widths(shape.columns);
-    constexpr double kHalf = 0.5;
+    // Half of the thread slots, or what the kernel's registers let blocks of that width fill.
+    auto target = [&](int width) { return std::min(0.5, register_ceiling(device, 2 * width, registers)); };
     for (const int64_t budget : {two_per_sm, one_per_sm}) {
       for (const int width : widths) {
         const int64_t shared = layout_bytes(width, cache_bytes(width));
         if (shared <= budget &&
-            occupancy(width, ceil_div(shape.columns, width), shared) >= kHalf) {
+            occupancy(width, ceil_div(shape.columns, width), shared) >= target(width)) {
           fill_fused(plan, width, shared, true);
           return plan;
         }
@@ -192,7 +193,8 @@ struct Marginalized {
     }
     for (const int width : widths) {
       const int64_t shared = layout_bytes(width, 0);
-      if (shared <= one_per_sm && occupancy(width, ceil_div(shape.columns, width), shared) >= kHalf) {
+      if (shared <= one_per_sm &&
+          occupancy(width, ceil_div(shape.columns, width), shared) >= target(width)) {
         fill_fused(plan, width, shared, false);
         return plan;
       }
@@ -343,11 +345,41 @@ int resident_blocks_per_multiprocessor(const DeviceLimits& device, int threads,
                          device.reserved_shared_memory_per_block;
   if (shared_bytes + kStaticSharedBytes > device.shared_memory_per_block_optin) return 0;
   blocks = std::min(blocks, device.shared_memory_per_multiprocessor / shared);
-  // Registers: per thread in units of 8, per warp in units of 256.
-  const int64_t per_warp = round_up(round_up(std::max(registers_per_thread, 1), 8) * 32, 256);
-  const int64_t warps_by_registers = device.registers_per_multiprocessor / per_warp;
+  // Registers: per warp in units of 256, inside each of the sub-partitions (as
+  // cudaOccupancyMaxActiveBlocksPerMultiprocessor counts them).
+  const int64_t per_warp = round_up(int64_t(std::max(registers_per_thread, 1)) * 32, 256);
+  const int64_t warps_by_registers =
+      (device.registers_per_multiprocessor / kRegisterSubPartitions) / per_warp *
+      kRegisterSubPartitions;
   blocks = std::min(blocks, warps_by_registers / warps);
   return static_cast<int>(std::max<int64_t>(blocks, 0));
+}
+
+double register_ceiling(const DeviceLimits& device, int threads, int registers_per_thread) {
+  const int64_t blocks = resident_blocks_per_multiprocessor(device, threads, 0, registers_per_thread);
+  return static_cast<double>(blocks * threads) /
+         static_cast<double>(device.max_threads_per_multiprocessor);
+}
+
+int kernel_registers(const CallShape& shape) {
+  // [storage dtype: 4-byte, 2-byte, 8-byte][chunk: 2, 4, 8, table][statistics: off, on]
+  static constexpr int kPerElement[3][4][2] = {
+      {{59, 69}, {52, 79}, {69, 120}, {70, 108}},     // float32
+      {{67, 105}, {84, 128}, {72, 119}, {72, 107}},   // float16, bfloat16
+      {{110, 116}, {102, 126}, {126, 176}, {120, 174}},  // float64
+  };
+  // __launch_bounds__(512) caps these at 128; float64 reaches the cap and spills.
+  static constexpr int kMarginalized[3][4][2] = {
+      {{100, 114}, {99, 102}, {108, 111}, {112, 116}},   // float32
+      {{105, 106}, {99, 102}, {109, 113}, {113, 117}},   // float16, bfloat16
+      {{128, 128}, {128, 128}, {128, 128}, {128, 128}},  // float64
+  };
+  const int dtype = shape.scalar_size == 2 ? 1 : (shape.scalar_size == 8 ? 2 : 0);
+  const int n = shape.num_tasks;
+  const int chunk = n <= 2 ? 0 : (n <= 4 ? 1 : (n <= 8 ? 2 : 3));
+  const int statistics = shape.statistics ? 1 : 0;
+  return shape.marginalized ? kMarginalized[dtype][chunk][statistics]
+                            : kPerElement[dtype][chunk][statistics];
 }
 
 LaunchPlan plan_per_element(const CallShape& shape, const DeviceLimits& device) {

@@ -56,7 +56,7 @@ struct CallShape {
   bool statistics = false;  // keep_grad_norm or statistics: the kernels write partial rows
   bool marginalized = true;
   // The kernel's registers per thread (cudaFuncAttributes::numRegs on a GPU); 0:
-  // kAssumedRegisters.
+  // kernel_registers(shape), the sm_90 counts of this build.
   int registers_per_thread = 0;
 };
 
@@ -76,11 +76,15 @@ constexpr int kMaxTileSteps = 8;         // per element: steps of a tile at most
 constexpr int kStripGroupColumns = 16;   // marginalised statistics row = narrowest strip
 constexpr int kMaxStripWidth = 256;      // marginalised: columns per strip at most (512 threads)
 constexpr int kStaticSharedBytes = 64;   // a bound on the kernels' static shared memory
-// Registers per thread the plans assume when the call does not give the kernel's own count (the
-// launchers always do): 64 lets half of the thread slots of every device with 64 K registers
-// and <= 2048 threads per multiprocessor be resident. docs/gpu-launch-plans.md says how to read
-// the kernels' counts from a build.
-constexpr int kAssumedRegisters = 64;
+// Registers per thread of the kernel a call runs when the call does not give the count (the
+// launchers always give the driver's, cudaFuncAttributes::numRegs): what ptxas reports for
+// sm_90 with nvcc 13.0 and this repository's flags (-O3 --fmad=false), per kernel (per element
+// or marginalised), storage dtype size, task chunk (2, 4, 8, or the task table beyond 8 tasks)
+// and statistics. docs/gpu-launch-plans.md lists them and says how to read them from a build.
+int kernel_registers(const CallShape& shape);
+// Register sub-partitions of a multiprocessor (sm_70 and later, every table here): registers
+// are given out per warp inside a sub-partition.
+constexpr int kRegisterSubPartitions = 4;
 constexpr int64_t kLargeCall = int64_t(1) << 20;  // elements from which the device must be filled
 constexpr int64_t kDefaultSharedBytes = 48 * 1024;  // per block without the opt-in
 
@@ -188,6 +192,11 @@ LaunchPlan plan_launch(const CallShape& shape, const DeviceLimits& device);
 // `registers_per_thread` that fit on one multiprocessor at once (0 when one does not fit).
 int resident_blocks_per_multiprocessor(const DeviceLimits& device, int threads,
                                        int64_t shared_bytes, int registers_per_thread);
+
+// The share of a multiprocessor's thread slots that blocks of `threads` threads with
+// `registers_per_thread` can fill, whatever their shared memory: with more than 64 registers per
+// thread (every marginalised kernel, most per-element ones) it is below 0.5.
+double register_ceiling(const DeviceLimits& device, int threads, int registers_per_thread);
 
 // H100 SXM, H200, A100 80 GB, L4, T4: their published cudaDeviceProp values.
 std::vector<DeviceLimits> published_device_tables();
