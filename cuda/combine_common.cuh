@@ -2,7 +2,7 @@
 // Device building blocks shared by the per-element and the marginalised combine kernels: the
 // parameter pieces passed by value, aligned loads, the Philox draw keyed on logical indices,
 // task lists, and the per-block statistics. The math itself lives once, in
-// include/graddrop/detail/math.h and philox.h; the kernels only call it.
+// src/detail/math.h and philox.h; the kernels only call it.
 #include <cstdint>
 #include <tuple>
 
@@ -10,12 +10,14 @@
 
 #include "detail/math.h"
 #include "detail/philox.h"
+#include "launch_plan.h"
 #include "ops/combine_op.h"
 
 namespace graddrop {
 namespace cuda_kernels {
 
 constexpr int kThreads = 256;  // threads per block of the per-element and reduction kernels
+static_assert(kThreads == cuda_plan::kPerElementThreads, "the plans use the kernels' block size");
 constexpr int kWarps = kThreads / 32;
 constexpr int kGroup = 4;         // logical indices per Philox call
 constexpr int kGenericChunk = 8;  // tasks held in registers at once beyond 8 tasks

@@ -1,5 +1,6 @@
-// The per-device caches behind allow_shared_memory and resident_blocks_per_sm
-// (launch_common.cuh): driver state shared by every host thread, so each is guarded by a mutex.
+// The per-device caches behind allow_shared_memory, resident_blocks_per_sm,
+// current_device_limits and registers_per_thread_of (launch_common.cuh): driver state shared by
+// every host thread, so each is guarded by a mutex.
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -16,18 +17,23 @@ namespace cuda_kernels {
 
 namespace {
 
-// The kernel's static shared memory, which counts against the same per-block limits.
-int64_t static_shared_bytes(const void* kernel) {
+// The kernel's attributes on the current device (its static shared memory counts against the
+// same per-block limits as the dynamic one).
+cudaFuncAttributes attributes_of(const void* kernel) {
   static std::mutex mutex;
-  static std::map<const void*, int64_t> known;
+  static std::map<std::pair<const void*, int>, cudaFuncAttributes> known;
+  const std::pair<const void*, int> key{kernel, static_cast<int>(c10::cuda::current_device())};
   const std::lock_guard<std::mutex> lock(mutex);
-  const auto found = known.find(kernel);
+  const auto found = known.find(key);
   if (found != known.end()) return found->second;
   cudaFuncAttributes attributes{};
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
-  const auto bytes = static_cast<int64_t>(attributes.sharedSizeBytes);
-  known.emplace(kernel, bytes);
-  return bytes;
+  known.emplace(key, attributes);
+  return attributes;
+}
+
+int64_t static_shared_bytes(const void* kernel) {
+  return static_cast<int64_t>(attributes_of(kernel).sharedSizeBytes);
 }
 
 }  // namespace
@@ -48,6 +54,36 @@ void allow_shared_memory_bytes(const void* kernel, int64_t bytes) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(bytes)));
   current = bytes;
+}
+
+const cuda_plan::DeviceLimits& current_device_limits() {
+  static std::mutex mutex;
+  static std::map<int, cuda_plan::DeviceLimits> known;
+  const int device = static_cast<int>(c10::cuda::current_device());
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = known.find(device);
+  if (found != known.end()) return found->second;
+  const auto* properties = at::cuda::getCurrentDeviceProperties();
+  cuda_plan::DeviceLimits limits;
+  limits.name = properties->name;
+  limits.multiprocessors = properties->multiProcessorCount;
+  limits.shared_memory_per_multiprocessor =
+      static_cast<int64_t>(properties->sharedMemPerMultiprocessor);
+  limits.shared_memory_per_block_optin = static_cast<int64_t>(properties->sharedMemPerBlockOptin);
+  limits.reserved_shared_memory_per_block =
+      static_cast<int64_t>(properties->reservedSharedMemPerBlock);
+  limits.max_threads_per_multiprocessor = properties->maxThreadsPerMultiProcessor;
+  limits.max_threads_per_block = properties->maxThreadsPerBlock;
+  limits.max_blocks_per_multiprocessor = properties->maxBlocksPerMultiProcessor;
+  limits.registers_per_multiprocessor = properties->regsPerMultiprocessor;
+  limits.max_grid_x = properties->maxGridSize[0];
+  limits.max_grid_y = properties->maxGridSize[1];
+  // std::map never moves its elements: the reference stays valid.
+  return known.emplace(device, limits).first->second;
+}
+
+int registers_per_thread_of(const void* kernel) {
+  return attributes_of(kernel).numRegs;
 }
 
 int resident_blocks_per_sm_of(const void* kernel, int threads, int64_t shared_bytes) {

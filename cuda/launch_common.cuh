@@ -1,7 +1,7 @@
 #pragma once
 // Host helpers shared by the launchers: kernel parameters from the validated arguments, the task
 // list for the call's task count, the dtype/task/statistics dispatch, alignment checks,
-// shared-memory limits and occupancy.
+// shared-memory limits, and the device limits and call shape the plans read (launch_plan.h).
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -14,6 +14,7 @@
 
 #include "combine_common.cuh"
 #include "combine_launch.h"
+#include "launch_plan.h"
 
 namespace graddrop {
 namespace cuda_kernels {
@@ -115,6 +116,28 @@ int resident_blocks_per_sm_of(const void* kernel, int threads, int64_t shared_by
 template <typename Kernel>
 int resident_blocks_per_sm(Kernel kernel, int threads, int64_t shared_bytes) {
   return resident_blocks_per_sm_of(reinterpret_cast<const void*>(kernel), threads, shared_bytes);
+}
+
+// The current device's limits as the plans read them, from cudaDeviceProp once per device.
+const cuda_plan::DeviceLimits& current_device_limits();
+
+// Registers per thread of `kernel` on the current device (cudaFuncAttributes::numRegs), asked
+// of the driver once per (kernel, device).
+int registers_per_thread_of(const void* kernel);
+
+// The call as the plans see it (cuda_plan::CallShape), for `kernel`'s registers.
+template <typename scalar_t, typename opmath_t, typename Kernel>
+cuda_plan::CallShape call_shape_of(const ops::CombineArguments& arguments, Kernel kernel) {
+  cuda_plan::CallShape shape;
+  shape.rows = arguments.rows;
+  shape.columns = arguments.columns;
+  shape.num_tasks = static_cast<int>(arguments.num_tasks());
+  shape.scalar_size = static_cast<int>(sizeof(scalar_t));
+  shape.opmath_size = static_cast<int>(sizeof(opmath_t));
+  shape.statistics = arguments.needs_accumulators();
+  shape.marginalized = arguments.marginalize_batch;
+  shape.registers_per_thread = registers_per_thread_of(reinterpret_cast<const void*>(kernel));
+  return shape;
 }
 
 // Calls launch(scalar_t(), tasks, std::integral_constant<bool, kStatistics>()) with the call's

@@ -12,7 +12,12 @@
 //           loading several rows before using any; at the chunk's end the row lanes are combined
 //           through shared memory;
 //   finalise  per column: P, U (the column's logical index), f(P), the coefficients c_i;
-//   pass 2  out[r, d] = sum_i c_i[d] * g_i[r, d] over the rows again.
+//   pass 2  out[r, d] = sum_i c_i[d] * g_i[r, d] over the rows again, in slices of apply_rows
+//           rows (one statistics row per slice and kStatisticsGroup columns).
+//
+// Pass 1 cannot use more threads than the canonical order has chains (a chunk, a row lane,
+// 4 adjacent columns): a batch of one chunk gives 2 threads per column at most. Pass 2 has no
+// such bound; the host plans it on its own grid (cuda/launch_plan.cpp).
 //
 // Three phases, chosen by the host (marginalized_launch.cu):
 //   kFused    one block per strip, all rows. When the strip's gradients fit in shared memory
@@ -21,8 +26,9 @@
 //             chunk's sums to a workspace; the last block of a strip to finish (an arrival
 //             counter) adds the chunks in chunk order and finalises the strip. For batches that
 //             are long for their width, where too few strips would fill the GPU.
-//   kApply    one block per (strip, part): pass 2 from the finalised coefficients, tiles in the
-//             reverse of kPartial's order so the tiles it read last are still in L2.
+//   kApply    one block per (strip, part) of its own grid (strip width and slices per part
+//             chosen for pass 2): pass 2 from the finalised coefficients, blocks in the reverse
+//             order so the rows kPartial read last are still in L2.
 // And two for data-parallel calls (src/distributed), whose column sums are summed over the ranks
 // between pass 1 and the rest:
 //   kColumnSums  as kPartial, but the last block of a strip writes the strip's column sums
@@ -31,12 +37,20 @@
 //                instead of pass 1, then finalise and pass 2 as kFused (without the cache).
 // Every sum has an order fixed by the call alone, so results do not depend on the grid.
 #include "combine_common.cuh"
+#include "launch_plan.h"
 
 namespace graddrop {
 namespace cuda_kernels {
 
-constexpr int kMaxStripWidth = 256;  // 512 threads per block
+using cuda_plan::align_shared;
+using cuda_plan::kMaxStripWidth;  // 512 threads per block
+using cuda_plan::marginalized_cache_bytes;
+using cuda_plan::marginalized_layout;
+using cuda_plan::MarginalizedLayout;
+using cuda_plan::row_chunks_of;
 constexpr int kMaxMarginalizedThreads = 2 * kMaxStripWidth;
+static_assert(kStatisticsGroup == cuda_plan::kStripGroupColumns,
+              "the narrowest strip holds one statistics group");
 
 enum class MarginalizedPhase : int32_t {
   kFused = 0,
@@ -58,7 +72,9 @@ struct MarginalizedParams {
   int64_t rows;
   int64_t columns;
   int strip_width;          // W: columns per strip
-  int64_t chunks_per_part;  // chunks of rows per block along a strip (all of them in kFused)
+  int64_t chunks_per_part;  // pass 1: chunks of rows per block along a strip (all in kFused)
+  int64_t apply_rows;       // pass 2: rows per slice, a multiple of detail::kRowLanes
+  int64_t slices_per_part;  // kApply: slices per block along a strip
   bool vectorized;          // columns % 4 == 0 and every tensor aligned: 4 columns move as vectors
   bool cache;               // kFused: keep the strip's gradients in shared memory between passes
   MarginalizedPhase phase;
@@ -66,60 +82,19 @@ struct MarginalizedParams {
   unsigned int* arrivals;   // kPartial: [strips] blocks done, zeroed before the launch
   opmath_t* coefficients;   // written by kPartial, read by kApply: [num_tasks][columns]
                             // (kColumnSums writes, kGivenSums reads the column sums there)
-  // kStatistics: [groups] purity rows (kept, sum of P, conflicts), then [chunks][groups] output
+  // kStatistics: [groups] purity rows (kept, sum of P, conflicts), then [slices][groups] output
   // rows (sum out^2, sum (sum_i g_i)^2), each ops::accumulator_size wide, zeroed.
   double* statistics;
 };
 
-__host__ __device__ __forceinline__ int64_t row_chunks_of(int64_t rows) {
-  return (rows + detail::kRowChunk - 1) / detail::kRowChunk;
-}
-
 __host__ __device__ __forceinline__ int64_t statistics_groups_of(int64_t columns) {
   return (columns + kStatisticsGroup - 1) / kStatisticsGroup;
-}
-
-__host__ __device__ __forceinline__ int64_t align_shared(int64_t bytes) {
-  return (bytes + 31) / 32 * 32;
 }
 
 // Rows in flight per thread: every load of that many rows is issued before any is used.
 template <class Tasks>
 constexpr int rows_in_flight() {
   return Tasks::kChunk <= 2 ? 4 : (Tasks::kChunk <= 4 ? 2 : 1);
-}
-
-// Dynamic shared memory of one block, in bytes from the base.
-struct MarginalizedLayout {
-  int64_t column_values;  // [num_tasks][W] op-math: column sums, then coefficients
-  int64_t lane_scratch;   // [kRowLanes][chunk tasks][W] op-math: a chunk's row-lane sums
-  int64_t statistics;     // [2W][3] double: per-thread sums before the group reductions
-  int64_t kept;           // [2W / 8][num_tasks] unsigned: kept counts per column lane
-  int64_t cache;          // [iterations][num_tasks][2W][4] scalar_t (kFused with cache)
-  int64_t total;
-};
-
-__host__ __device__ __forceinline__ MarginalizedLayout marginalized_layout(
-    int num_tasks, int chunk_tasks, int width, int opmath_size, bool statistics,
-    int64_t cache_bytes) {
-  const int64_t threads = 2 * width;
-  MarginalizedLayout layout;
-  layout.column_values = 0;
-  layout.lane_scratch = align_shared(int64_t(num_tasks) * width * opmath_size);
-  layout.statistics = layout.lane_scratch +
-                      align_shared(int64_t(detail::kRowLanes) * chunk_tasks * width * opmath_size);
-  layout.kept = layout.statistics + (statistics ? align_shared(threads * 3 * 8) : 0);
-  layout.cache = layout.kept + (statistics ? align_shared(width / 4 * int64_t(num_tasks) * 4) : 0);
-  layout.total = layout.cache + cache_bytes;
-  return layout;
-}
-
-// Bytes of the gradient cache for `rows` rows of a strip of `width` columns.
-__host__ __device__ __forceinline__ int64_t marginalized_cache_bytes(int64_t rows, int width,
-                                                                     int num_tasks,
-                                                                     int scalar_size) {
-  const int64_t iterations = (rows + detail::kRowLanes - 1) / detail::kRowLanes;
-  return iterations * num_tasks * (2 * width) * 4 * scalar_size;
 }
 
 // The per-thread view of one block: its strip, column lane, row lane and columns.
@@ -238,12 +213,12 @@ __device__ __forceinline__ void finalize_strip(
   }
 }
 
-// With statistics, at the end of a chunk in pass 2: one output row per group of
+// With statistics, at the end of a slice of rows in pass 2: one output row per group of
 // kStatisticsGroup columns, its threads' sums added row lane by row lane, column lane by column
 // lane. Every thread of the block must call it.
 template <typename scalar_t, typename opmath_t, class Tasks>
 __device__ __forceinline__ void write_output_rows(
-    const MarginalizedParams<scalar_t, opmath_t, Tasks>& p, const StripThread& at, int64_t chunk,
+    const MarginalizedParams<scalar_t, opmath_t, Tasks>& p, const StripThread& at, int64_t slice,
     double output_square, double plain_square, double* statistics_scratch) {
   const int n = p.num_tasks;
   statistics_scratch[3 * at.tid] = output_square;
@@ -263,7 +238,7 @@ __device__ __forceinline__ void write_output_rows(
         plain_total += statistics_scratch[3 * thread + 1];
       }
     }
-    double* row = p.statistics + (all_groups + chunk * all_groups + group) * ops::accumulator_size(n);
+    double* row = p.statistics + (all_groups + slice * all_groups + group) * ops::accumulator_size(n);
     row[ops::output_square_slot(n)] = out_total;
     row[ops::plain_square_slot(n)] = plain_total;
   }
@@ -306,8 +281,10 @@ __global__ void __launch_bounds__(kMaxMarginalizedThreads)
   at.whole = p.vectorized && at.valid == 4;
 
   const int width = at.width;
+  // kApply forms no chunk sums: no row-lane scratch, so more of its blocks fit.
   const MarginalizedLayout layout = marginalized_layout(
-      n, kChunk, width, sizeof(opmath_t), kStatistics, 0);
+      n, p.phase == MarginalizedPhase::kApply ? 0 : kChunk, width, sizeof(opmath_t), kStatistics,
+      0);
   opmath_t* column_values = reinterpret_cast<opmath_t*>(shared_bytes + layout.column_values);
   opmath_t* lane_scratch = reinterpret_cast<opmath_t*>(shared_bytes + layout.lane_scratch);
   double* statistics_scratch = reinterpret_cast<double*>(shared_bytes + layout.statistics);
@@ -479,15 +456,21 @@ __global__ void __launch_bounds__(kMaxMarginalizedThreads)
       }
     }
   }
+  // The rows in slices of p.apply_rows (kFused and kGivenSums: all of them, kApply: its part's);
+  // a thread's rows come in the order pass 1 cached them, as slices are whole row-lane rounds.
+  const int64_t slices = (p.rows + p.apply_rows - 1) / p.apply_rows;
+  int64_t slice_begin = 0, slice_end = slices;
+  if (p.phase == MarginalizedPhase::kApply) {
+    slice_begin = part * p.slices_per_part;
+    slice_end = slices - slice_begin < p.slices_per_part ? slices : slice_begin + p.slices_per_part;
+  }
   int64_t iteration = 0;
-  for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-    const int64_t chunk_last = p.rows - chunk * detail::kRowChunk < detail::kRowChunk
-                                   ? p.rows
-                                   : (chunk + 1) * detail::kRowChunk;
+  for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
+    const int64_t slice_last =
+        p.rows - slice * p.apply_rows < p.apply_rows ? p.rows : (slice + 1) * p.apply_rows;
     double output_square = 0.0, plain_square = 0.0;
     if (at.valid > 0) {
-      for (int64_t row = chunk * detail::kRowChunk + at.row_lane; row < chunk_last;
-           row += kLanes) {
+      for (int64_t row = slice * p.apply_rows + at.row_lane; row < slice_last; row += kLanes) {
         const int64_t offset = row * p.columns + at.column;
         opmath_t combined[4], plain_sum[4];
 #pragma unroll
@@ -539,7 +522,7 @@ __global__ void __launch_bounds__(kMaxMarginalizedThreads)
       }
     }
     if constexpr (kStatistics) {
-      write_output_rows(p, at, chunk, output_square, plain_square, statistics_scratch);
+      write_output_rows(p, at, slice, output_square, plain_square, statistics_scratch);
     }
   }
 }

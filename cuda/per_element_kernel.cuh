@@ -1,7 +1,9 @@
 #pragma once
 // The per-element combine kernel (marginalize_batch off): P, U and the masks per element of A.
 //
-// The elements are cut into tiles of kThreads * kWidth * kTileSteps; a block takes whole tiles
+// The elements are cut into tiles of kThreads * kWidth * tile_steps (tile_steps chosen by the host,
+// cuda/launch_plan.cpp, so that small calls still give every resident block a tile); a block
+// takes whole tiles
 // (a grid-stride loop over tiles). In each step of a tile every thread handles one run of kWidth
 // elements (one or two Philox groups): it loads A and every g_i of its run before using any
 // (16-byte vectors when every pointer is aligned and the run is whole, element by element
@@ -9,6 +11,7 @@
 // writes out = sum_i c_i * g_i. With statistics, each tile writes one partial row, reduced in a
 // fixed order: the tile, not the grid, fixes every sum.
 #include "combine_common.cuh"
+#include "launch_plan.h"
 
 namespace graddrop {
 namespace cuda_kernels {
@@ -24,6 +27,7 @@ struct PerElementParams {
   MathSettings<opmath_t> math;
   int64_t numel;
   bool vectorized;     // every tensor aligned to per_element_alignment: whole runs move as vectors
+  int tile_steps;      // steps per tile, 1..cuda_plan::kMaxTileSteps
   double* statistics;  // [tiles][num_tasks + 4] partial rows (kStatistics)
 };
 
@@ -31,7 +35,7 @@ struct PerElementParams {
 // Philox group (4 elements) otherwise, which keeps the per-task registers of 8 tasks in check.
 template <typename scalar_t, class Tasks>
 constexpr int per_element_width() {
-  return sizeof(scalar_t) == 2 && Tasks::kChunk <= 4 ? 8 : 4;
+  return cuda_plan::per_element_width_of(sizeof(scalar_t), Tasks::kChunk);
 }
 
 template <typename scalar_t, class Tasks>
@@ -39,12 +43,6 @@ constexpr int per_element_alignment() {
   return vector_alignment<scalar_t, per_element_width<scalar_t, Tasks>()>();
 }
 
-constexpr int kTileSteps = 8;
-
-template <typename scalar_t, class Tasks>
-constexpr int64_t per_element_tile() {
-  return int64_t(kThreads) * per_element_width<scalar_t, Tasks>() * kTileSteps;
-}
 
 // Loads this run of every task of one chunk, converted to op-math (zeros for undefined tasks and
 // for slots past the task count). All loads are issued before any value is used.
@@ -79,7 +77,6 @@ __global__ void __launch_bounds__(kThreads)
         const __grid_constant__ PerElementParams<scalar_t, opmath_t, Tasks> p) {
   constexpr int kWidth = per_element_width<scalar_t, Tasks>();
   constexpr int kChunk = Tasks::kChunk;
-  constexpr int64_t kTile = per_element_tile<scalar_t, Tasks>();
   extern __shared__ unsigned long long block_kept[];  // [num_tasks] (kStatistics)
   __shared__ double scratch[kWarps];
 
@@ -91,16 +88,17 @@ __global__ void __launch_bounds__(kThreads)
   const PhiloxKey key = philox_key(p.random);
   const int chunks = chunk_count<Tasks>(n);
   const int64_t runs = (p.numel + kWidth - 1) / kWidth;
-  const int64_t tiles = (p.numel + kTile - 1) / kTile;
+  const int64_t tile = int64_t(kThreads) * kWidth * p.tile_steps;
+  const int64_t tiles = (p.numel + tile - 1) / tile;
 
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+  for (int64_t tile_index = blockIdx.x; tile_index < tiles; tile_index += gridDim.x) {
     double purity_total = 0.0, conflicts = 0.0, output_square = 0.0, plain_square = 0.0;
     uint32_t kept[kChunk];
 #pragma unroll
     for (int t = 0; t < kChunk; ++t) kept[t] = 0;
 
-    for (int step = 0; step < kTileSteps; ++step) {
-      const int64_t run = (tile * kTileSteps + step) * kThreads + threadIdx.x;
+    for (int step = 0; step < p.tile_steps; ++step) {
+      const int64_t run = (tile_index * p.tile_steps + step) * kThreads + threadIdx.x;
       const int64_t first = run * kWidth;
       const int count =
           run < runs ? static_cast<int>(p.numel - first < kWidth ? p.numel - first : kWidth) : 0;
@@ -229,7 +227,7 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
       }
-      double* row = p.statistics + tile * ops::accumulator_size(n);
+      double* row = p.statistics + tile_index * ops::accumulator_size(n);
       purity_total = block_sum(purity_total, scratch);  // its barriers also order block_kept
       conflicts = block_sum(conflicts, scratch);
       output_square = block_sum(output_square, scratch);

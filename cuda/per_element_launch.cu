@@ -1,5 +1,5 @@
 // Launcher of the per-element combine kernel (marginalize_batch off): a grid-stride grid over
-// fixed tiles, as many blocks as fit on the device at once.
+// tiles, as many blocks as fit on the device at once, as cuda_plan::plan_per_element plans it.
 #include <algorithm>
 
 #include "launch_common.cuh"
@@ -14,17 +14,10 @@ at::Tensor launch_per_element_with(const ops::CombineArguments& arguments, const
                                    const at::Tensor& output, const Tasks& tasks) {
   const auto kernel = combine_per_element_kernel<scalar_t, opmath_t, Tasks, kStatistics>;
   const int64_t n = arguments.num_tasks();
-  const int64_t numel = arguments.columns;
-  const int64_t shared_bytes = kStatistics ? n * 8 : 0;
-  allow_shared_memory(kernel, shared_bytes);
-
-  constexpr int64_t kTile = per_element_tile<scalar_t, Tasks>();
-  const int64_t tiles = (numel + kTile - 1) / kTile;
-  const int64_t multiprocessors = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t resident =
-      multiprocessors * resident_blocks_per_sm(kernel, kThreads, shared_bytes);
-  const int64_t blocks = std::max<int64_t>(1, std::min(tiles, resident));
-  auto statistics = statistics_rows(arguments, tiles);
+  const auto plan = cuda_plan::plan_per_element(call_shape_of<scalar_t, opmath_t>(arguments, kernel),
+                                                current_device_limits());
+  allow_shared_memory(kernel, plan.shared_bytes);
+  auto statistics = statistics_rows(arguments, plan.tiles);
 
   PerElementParams<scalar_t, opmath_t, Tasks> params{};
   params.activation = arguments.activation.data_ptr<scalar_t>();
@@ -34,11 +27,12 @@ at::Tensor launch_per_element_with(const ops::CombineArguments& arguments, const
   params.keep_probability = keep_probability_of<opmath_t>(arguments);
   params.random = random_source_of<opmath_t>(arguments, key);
   params.math = math_settings_of<opmath_t>(arguments);
-  params.numel = numel;
+  params.numel = arguments.columns;
+  params.tile_steps = plan.tile_steps;
   params.vectorized = all_aligned(arguments, output, per_element_alignment<scalar_t, Tasks>());
   params.statistics = statistics.defined() ? statistics.data_ptr<double>() : nullptr;
 
-  kernel<<<static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(shared_bytes),
+  kernel<<<static_cast<unsigned>(plan.grid_x), plan.threads, static_cast<size_t>(plan.shared_bytes),
            at::cuda::getCurrentCUDAStream()>>>(params);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return statistics;

@@ -103,6 +103,7 @@ record() {
   case "$2" in
     PASSED) ;;
     SKIPPED*) [ "$GPU_PRESENT" = True ] && FAILED+=("$1 (skipped although a GPU is here)") ;;
+    UNAVAILABLE*) ;;  # the tool cannot run here (compute-sanitizer cannot attach): not a failure
     *) FAILED+=("$1") ;;
   esac
 }
@@ -138,6 +139,32 @@ status_word() {
     124) echo "TIMED-OUT" ;;
     125) echo "NOT-RUN" ;;
     *) echo "FAILED($1)" ;;
+  esac
+}
+
+# The sanitizer stages' status from compute-sanitizer's own report, not from the exit status
+# alone: its findings (a non-zero error or hazard count, or its exit status SANITIZER_EXIT) are
+# SANITIZER-FAILED; a test that fails under it with no finding is TESTS-FAILED; a tool that cannot
+# attach to the GPU (no summary, and a message saying so) is UNAVAILABLE, which is not a failure.
+SANITIZER_EXIT=86
+sanitizer_status() {
+  local status=$1 output=$2 findings
+  findings=$(echo "$output" | grep -E '(ERROR|RACECHECK) SUMMARY' | tail -1 |
+             sed -E 's/.*SUMMARY: *([0-9]+) (errors?|hazards?).*/\1/')
+  case "$status" in
+    124|125) status_word "$status"; return ;;
+  esac
+  if [ -z "$findings" ] && echo "$output" | grep -qiE \
+      'Internal Sanitizer Error|not supported|No attachable process|Unable to (find|load)|failed to (attach|initialize|create)|Target application terminated before first instrumented'; then
+    echo "UNAVAILABLE"; return
+  fi
+  if [ "$status" = "$SANITIZER_EXIT" ] || { [ -n "$findings" ] && [ "$findings" != 0 ]; }; then
+    echo "SANITIZER-FAILED($findings)"; return
+  fi
+  case "$status" in
+    0) echo PASSED ;;
+    77) echo SKIPPED ;;
+    *) echo "TESTS-FAILED($status)" ;;
   esac
 }
 
@@ -348,10 +375,11 @@ if wants sanitize; then
       environment=()
       [ "$no_cache" = 1 ] && environment=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1)
       run_limited "$LOG_DIR/sanitizer.log" "$limit" "${environment[@]}" "$SANITIZER" --tool "$tool" "${extra[@]}" \
-        --error-exitcode 1 --print-limit 20 "$TESTS" --gtest_color=no --gtest_brief=1 \
+        --error-exitcode "$SANITIZER_EXIT" --print-limit 20 "$TESTS" --gtest_color=no --gtest_brief=1 \
         "--gtest_filter=$filter"
-      errors=$(tail -n +"$before" "$LOG_DIR/sanitizer.log" | grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' | tail -1 | sed 's/^=* *//')
-      record "$tool" "$(status_word "$RUN_STATUS")" "${RUN_SECONDS}s ${errors}"
+      output=$(tail -n +"$before" "$LOG_DIR/sanitizer.log")
+      errors=$(echo "$output" | grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' | tail -1 | sed 's/^=* *//')
+      record "$tool" "$(sanitizer_status "$RUN_STATUS" "$output")" "${RUN_SECONDS}s ${errors}"
     done
   else
     record sanitize FAILED "compute-sanitizer ($SANITIZER) or the test program ($TESTS) not found"

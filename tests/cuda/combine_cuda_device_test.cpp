@@ -8,17 +8,17 @@
 // f(P) outside [0, 1] makes the coefficients of that element of P NaN, so exactly the affected
 // outputs are NaN: the element (per element) or the feature column (marginalised). A NaN purity
 // does the same even when f(P) is given. The CPU refuses the same inputs with c10::Error. The
-// operator is called through the dispatcher, as Python does (keep_probability has no C++ option).
+// operator is called through the dispatcher, as Python does (keep_probability has no C++
+// option), with keep_function 'custom' whenever f(P) is given.
 #include <limits>
 #include <vector>
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <gtest/gtest.h>
 
 #include "cuda_test_helpers.h"
 #include "graddrop/combine.h"
-#include "ops/combine_op.h"
+#include "operator_calls.h"
 #include "test_support.h"
 
 namespace graddrop {
@@ -52,18 +52,12 @@ TEST(CudaDevices, ActivationOnTheSecondGpu) {
   }
 }
 
-// The operator with the explicit tensors given (the rest at their schema defaults).
+// The operator with the explicit tensors given (testing::call_combine_operator, which the CPU
+// suite runs with these same arguments: tests/cpu/operator_calls_test.cpp).
 at::Tensor call_operator(const at::Tensor& activation, const std::vector<at::Tensor>& grads,
                          bool marginalize, const optional<at::Tensor>& uniform,
                          const optional<at::Tensor>& keep_probability) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("graddrop::combine", "")
-                       .typed<ops::CombineSignature>();
-  c10::List<optional<at::Tensor>> list;
-  for (const auto& grad : grads) list.push_back(optional<at::Tensor>(grad));
-  return std::get<0>(op.call(activation, list, {}, "activation_sign", marginalize, "linear", 1.0,
-                             "drop", 1e-7, false, nullopt, uniform, keep_probability, nullopt, 0,
-                             false, nullopt));
+  return testing::call_combine_operator(activation, grads, marginalize, uniform, keep_probability);
 }
 
 // Which output elements a bad element of P affects: itself, or its whole feature column.

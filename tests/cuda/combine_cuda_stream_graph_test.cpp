@@ -7,11 +7,12 @@
 //
 // Graphs: a call must read nothing back to the host, so that it can be captured; a captured call
 // reads its inputs and the generator's state at replay, not at capture. Captured: an explicit U
-// (changed between replays), the custom keep function path, a marginalised shape whose cached
-// strip needs more than 48 KB of shared memory, the default generator and a generator of the
-// caller's.
+// (changed between replays), the custom keep function path, every kernel path
+// (testing::gpu_graph_generator_cases and gpu_graph_uniform_cases, whose paths the CPU suite
+// checks on H100 and A100 tables), the default generator and a generator of the caller's.
 #include <limits>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include <ATen/cuda/CUDAContext.h>
@@ -24,33 +25,33 @@
 
 #include "cuda_test_helpers.h"
 #include "graddrop/combine.h"
+#include "operator_calls.h"
 #include "test_support.h"
 
 namespace graddrop {
 namespace {
 
 struct StreamCase {
-  const char* name;
+  std::string name;
   std::vector<int64_t> shape;
   GradDropOptions options;
   bool with_statistics;
 };
 
-// Per element (vectors, and misaligned-sized); marginalised cached, split over row parts, more
-// than 48 KB of shared memory; keep_grad_norm and statistics (accumulators and the host copy of
-// the statistics); the custom keep function (purity operator, f, then the kernel).
+// Every kernel path (testing::gpu_stream_cases, whose paths the CPU suite checks on H100 and
+// A100 tables), seeded; and the custom keep function (purity operator, f, then the kernel),
+// whose {128, 300} x 3 plans as a fused cached strip over 48 KB.
 std::vector<StreamCase> stream_cases() {
-  return {
-      {"per element", {64, 1000}, GradDropOptions(3).marginalize_batch(false).seed(11), false},
-      {"per element odd", {33, 7}, GradDropOptions(2).marginalize_batch(false).seed(12), true},
-      {"marginalised cached", {256, 4096}, GradDropOptions(2).keep_grad_norm(true).seed(13), true},
-      {"marginalised split", {65536, 64}, GradDropOptions(10).seed(14), false},
-      {"marginalised > 48 KB", {512, 32768}, GradDropOptions(2).seed(15), true},
-      {"custom keep function", {128, 300},
-       GradDropOptions(3).seed(16).custom_keep_function(
-           [](const at::Tensor& purity) { return purity * purity; }),
-       true},
-  };
+  std::vector<StreamCase> cases;
+  uint64_t seed = 11;
+  for (const auto& item : testing::gpu_stream_cases()) {
+    cases.push_back({item.name, item.shape, item.options().seed(seed++), item.statistics});
+  }
+  cases.push_back({"custom keep function", {128, 300},
+                   GradDropOptions(3).seed(seed).custom_keep_function(
+                       [](const at::Tensor& purity) { return purity * purity; }),
+                   true});
+  return cases;
 }
 
 TEST(CudaStreams, KernelsRunOnTheCurrentStream) {
@@ -145,26 +146,15 @@ void expect_replays_match_eager(at::cuda::CUDAGraph& graph, const at::Tensor& ca
   EXPECT_FALSE(cuda_testing::identical_bits(replays[1], replays[2])) << what;
 }
 
-struct GraphCase {
-  const char* name;
-  std::vector<int64_t> shape;
-  GradDropOptions options;
-};
-
 // No seed and no U: the draw comes from the default CUDA generator.
 TEST(CudaGraphs, DefaultGeneratorReplaysDrawAnewAndMatchEagerCalls) {
   GRADDROP_REQUIRE_CUDA();
   uint64_t salt = 1800;
-  const GraphCase cases[] = {
-      {"per element", {64, 1000}, GradDropOptions(3).marginalize_batch(false)},
-      {"marginalised cached, keep_grad_norm", {8, 65536}, GradDropOptions(2).keep_grad_norm(true)},
-      {"marginalised split, 11 tasks", {100000, 8}, GradDropOptions(11)},
-      {"marginalised > 48 KB of shared memory", {512, 32768}, GradDropOptions(2)},
-  };
-  for (const auto& item : cases) {
-    const auto inputs = cuda_testing::random_cuda_inputs(item.shape, at::kFloat,
-                                                         item.options.num_tasks(), ++salt);
-    const auto call = [&] { return combine(inputs.grads, inputs.activation, item.options); };
+  for (const auto& item : testing::gpu_graph_generator_cases()) {
+    const auto options = item.options();
+    const auto inputs =
+        cuda_testing::random_cuda_inputs(item.shape, at::kFloat, item.num_tasks, ++salt);
+    const auto call = [&] { return combine(inputs.grads, inputs.activation, options); };
     at::cuda::CUDAGraph graph;
     const auto captured = capture(graph, call);
     expect_replays_match_eager(graph, captured, at::cuda::detail::getDefaultCUDAGenerator(), call,
@@ -200,23 +190,19 @@ TEST(CudaGraphs, CallersGeneratorReplaysDrawAnewAndMatchEagerCalls) {
 }
 
 // An explicit U is read at replay: a new U written into the captured buffer gives the result of
-// an eager call with that U. Per element and marginalised (cached and over 48 KB).
+// an eager call with that U.
 TEST(CudaGraphs, ExplicitUniformIsReadAtReplay) {
   GRADDROP_REQUIRE_CUDA();
   uint64_t salt = 2000;
-  const GraphCase cases[] = {
-      {"per element", {64, 1000}, GradDropOptions(3).marginalize_batch(false)},
-      {"marginalised", {256, 4096}, GradDropOptions(2)},
-      {"marginalised > 48 KB of shared memory", {512, 32768}, GradDropOptions(2)},
-  };
-  for (const auto& item : cases) {
-    const auto inputs = cuda_testing::random_cuda_inputs(item.shape, at::kFloat,
-                                                         item.options.num_tasks(), ++salt);
+  for (const auto& item : testing::gpu_graph_uniform_cases()) {
+    const auto options = item.options();
+    const auto inputs =
+        cuda_testing::random_cuda_inputs(item.shape, at::kFloat, item.num_tasks, ++salt);
     auto generator = cuda_testing::cuda_generator(testing::test_seed() + salt);
     const auto cuda_float = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
-    auto uniform = at::rand(purity_shape(inputs.activation, item.options), generator, cuda_float);
+    auto uniform = at::rand(purity_shape(inputs.activation, options), generator, cuda_float);
     const auto call = [&] {
-      return combine(inputs.grads, inputs.activation, item.options, nullopt, uniform);
+      return combine(inputs.grads, inputs.activation, options, nullopt, uniform);
     };
     const uint64_t default_offset = at::cuda::detail::getDefaultCUDAGenerator().get_offset();
     at::cuda::CUDAGraph graph;

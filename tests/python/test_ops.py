@@ -215,7 +215,7 @@ def test_cuda_out_of_range_keep_probability_is_nan_there(generator, marginalize)
     else:
         expected_nan.view(-1)[3] = True
     assert torch.equal(out.isnan().cpu(), expected_nan)
-    with pytest.raises(RuntimeError, match=r"keep function must return values in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"keep_probability \(f\(P\).*must lie in \[0, 1\]"):
         torch.ops.graddrop.combine(activation, grads, marginalize_batch=marginalize,
                                    keep_function="custom", keep_probability=keep, seed=1)
 
