@@ -39,8 +39,10 @@ at::Tensor purity_composite(const at::Tensor& activation,
     default:
       signal_of_activation = at::ones_like(a);
   }
-  auto signed_sum = at::zeros(arguments.purity_shape, a.options());
-  auto absolute_sum = at::zeros(arguments.purity_shape, a.options());
+  // Sizes as SymInts: torch.compile traces this composed body with symbolic shapes.
+  const auto shape = purity_sym_shape_of(activation, marginalize_batch);
+  auto signed_sum = at::zeros_symint(shape, a.options());
+  auto absolute_sum = at::zeros_symint(shape, a.options());
   for (const auto& grad : arguments.grads) {
     if (!grad.defined()) continue;
     auto signal = signal_of_activation * grad.to(opmath);

@@ -232,9 +232,9 @@ CombineArguments validate_combine(const CombineRequest& request) {
   arguments.keep_grad_norm = request.keep_grad_norm;
   arguments.statistics = request.statistics;
 
-  // The concrete [rows, columns] view, for the kernels: not for meta tensors, whose sizes may be
-  // symbolic.
-  if (!activation.is_meta()) {
+  // The concrete [rows, columns] view, for the kernels: not for meta tensors or symbolic sizes
+  // (torch.compile's tracing), which reach no kernel.
+  if (!activation.is_meta() && !activation.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) {
     const int64_t numel = activation.numel();
     arguments.rows = request.marginalize_batch ? activation.size(0) : 1;
     arguments.columns = request.marginalize_batch

@@ -102,10 +102,8 @@ def test_opcheck_purity(device):
                                           "test_faketensor", "test_aot_dispatch_static"))
 
 
-# purity is a C++ CompositeImplicitAutograd kernel, traced by running its C++ body, and that body
-# (prepare_combine) reads activation.numel(), which symbolic shapes do not allow: a callable keep
-# function under torch.compile works with static shapes only until the C++ side is SymInt-clean.
-@pytest.mark.xfail(strict=True, reason="graddrop::purity's C++ body is not SymInt-aware")
+# purity is a C++ CompositeImplicitAutograd kernel, traced by running its C++ body with symbolic
+# sizes: that body is SymInt-aware, so a callable keep function traces with dynamic shapes too.
 def test_opcheck_purity_dynamic_shapes():
     for args in purity_samples("cpu"):
         torch.library.opcheck(torch.ops.graddrop.purity.default, args,
