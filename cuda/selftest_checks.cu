@@ -1,6 +1,7 @@
 // The CUDA side of the self-test (src/selftest/cuda_checks.h): the device's description, a
 // CUDA graph capture and replay, event timing, and one call shape per launch path the planner
 // chooses on the device.
+#include <algorithm>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -13,6 +14,8 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "graddrop/combine.h"
+#include "launch_common.cuh"
+#include "launch_plan.h"
 #include "selftest/compare.h"
 #include "selftest/cuda_checks.h"
 
@@ -78,7 +81,50 @@ double time_ms(const std::function<void()>& body, int iterations) {
   return start.elapsed_time(stop) / iterations;
 }
 
-std::vector<PlannedShape> shapes_per_path(int /*device*/) { return {}; }
+// The smallest shape of a fixed candidate list for each path the planner chooses on `device`
+// (with this build's sm_90 register counts, as launch_plan.h's kernel_registers).
+std::vector<PlannedShape> shapes_per_path(int device) {
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  const auto& limits = cuda_kernels::current_device_limits();
+  struct Candidate {
+    int64_t rows, columns;
+    int tasks;
+    bool marginalize;
+  };
+  std::vector<Candidate> candidates = {{1, 1 << 20, 2, false}, {1, 3000001, 8, false}};
+  for (int64_t rows : {16, 64, 128, 600, 2048, 8192}) {
+    for (int64_t columns : {131, 1024, 4096, 65536, 131072}) {
+      for (int tasks : {2, 8}) {
+        if (rows * columns <= (int64_t(1) << 22)) candidates.push_back({rows, columns, tasks, true});
+      }
+    }
+  }
+  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
+    return a.rows * a.columns * a.tasks < b.rows * b.columns * b.tasks;
+  });
+  std::vector<PlannedShape> shapes;
+  std::vector<std::string> seen;
+  for (const auto& candidate : candidates) {
+    cuda_plan::CallShape shape;
+    shape.rows = candidate.marginalize ? candidate.rows : 1;
+    shape.columns = candidate.marginalize ? candidate.columns : candidate.rows * candidate.columns;
+    shape.num_tasks = candidate.tasks;
+    shape.marginalized = candidate.marginalize;
+    const auto plan = cuda_plan::plan_launch(shape, limits);
+    const std::string path = cuda_plan::to_string(plan.path);
+    if (std::find(seen.begin(), seen.end(), path) != seen.end()) continue;
+    seen.push_back(path);
+    PlannedShape planned;
+    planned.path = path;
+    planned.plan = plan.describe();
+    planned.sizes = candidate.marginalize ? std::vector<int64_t>{candidate.rows, candidate.columns}
+                                          : std::vector<int64_t>{candidate.columns};
+    planned.num_tasks = candidate.tasks;
+    planned.marginalize = candidate.marginalize;
+    shapes.push_back(planned);
+  }
+  return shapes;
+}
 
 const CudaChecks kCudaChecks = {describe_device, graph_replay, time_ms, shapes_per_path};
 [[maybe_unused]] const bool kRegistered = register_cuda_checks(kCudaChecks);
