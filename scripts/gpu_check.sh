@@ -10,7 +10,8 @@
 #             (Google Benchmark), the pytest files and GoogleTest's sources (for the fallback
 #             build), into PREPARED_DIR (default .carry/gpu-build, ignored by git).
 #   build     configure and build in BUILD_DIR (default build-gpu) on this machine (fallback).
-#   test      the GPU test program (GoogleTest).
+#   test      the self-test (graddrop_selftest: CUDA against CPU bit for bit, every planned path,
+#             stream, graph, bandwidth), then the GPU test program (GoogleTest).
 #   python    the pytest suite through torch.ops.graddrop (CPU and CUDA tensors).
 #   sanitize  compute-sanitizer memcheck, initcheck, racecheck and synccheck over the
 #             CudaKernelPaths tests (every kernel path at small sizes; see the filters below).
@@ -220,12 +221,13 @@ if wants prepare; then
   PREPARE_ARCH=${CUDA_ARCH:-9.0}
   note "prepare: building for sm_${PREPARE_ARCH/./} in $PREPARE_BUILD_DIR (JOBS=$JOBS)"
   if configure_and_build "$PREPARE_BUILD_DIR" "$PREPARE_ARCH" ON "$LOG_DIR/build.log" \
-       graddrop graddrop_cuda_tests graddrop_distributed_tests bench_cuda_combine_bench; then
+       graddrop graddrop_cuda_tests graddrop_distributed_tests bench_cuda_combine_bench graddrop_selftest; then
     rm -rf "$PREPARED_DIR"
     mkdir -p "$PREPARED_DIR/bin" "$PREPARED_DIR/lib" "$PREPARED_DIR/python"
     cp -L "$PREPARE_BUILD_DIR/src/libgraddrop.so.0" "$PREPARED_DIR/lib/libgraddrop.so.0"
     cp "$PREPARE_BUILD_DIR/tests/graddrop_cuda_tests" "$PREPARE_BUILD_DIR/bench/bench_cuda_combine_bench" \
-       "$PREPARE_BUILD_DIR/tests/graddrop_distributed_tests" "$PREPARED_DIR/bin/"
+       "$PREPARE_BUILD_DIR/tests/graddrop_distributed_tests" "$PREPARE_BUILD_DIR/graddrop_selftest" \
+       "$PREPARED_DIR/bin/"
     cp "$ROOT"/tests/python/*.py "$PREPARED_DIR/python/"
     # Libraries the binaries load that neither torch nor a base system provides there (Debian's
     # Google Benchmark is a shared library; GoogleTest is linked statically).
@@ -263,6 +265,7 @@ fi
 # ---- Where the binaries are -------------------------------------------------------------------
 use_build_dir() {
   TESTS=$BUILD_DIR/tests/graddrop_cuda_tests
+  SELFTEST=$BUILD_DIR/graddrop_selftest
   DISTRIBUTED_TESTS=$BUILD_DIR/tests/graddrop_distributed_tests
   BENCH=$BUILD_DIR/bench/bench_cuda_combine_bench
   LIBRARY=$BUILD_DIR/src/libgraddrop.so
@@ -279,7 +282,7 @@ build_here() {
   started=$(date +%s)
   note "build: CUDA architecture $arch in $BUILD_DIR (JOBS=$JOBS)"
   if configure_and_build "$BUILD_DIR" "$arch" ON "$LOG_DIR/build.log" \
-       graddrop graddrop_cuda_tests graddrop_distributed_tests bench_cuda_combine_bench; then
+       graddrop graddrop_cuda_tests graddrop_distributed_tests bench_cuda_combine_bench graddrop_selftest; then
     record build PASSED "$BUILD_DIR ($(($(date +%s) - started))s)"
   else
     record build FAILED "see build.log"
@@ -291,6 +294,7 @@ RUN_STAGES=0
 for stage in test python sanitize bench; do wants "$stage" && RUN_STAGES=1; done
 if [ -n "$PREBUILT" ] && [ "$RUN_STAGES" = 1 ]; then
   TESTS=$PREBUILT/bin/graddrop_cuda_tests
+  SELFTEST=$PREBUILT/bin/graddrop_selftest
   DISTRIBUTED_TESTS=$PREBUILT/bin/graddrop_distributed_tests
   BENCH=$PREBUILT/bin/bench_cuda_combine_bench
   LIBRARY=$PREBUILT/lib/libgraddrop.so.0
@@ -316,8 +320,14 @@ else
   if wants build; then build_here || note "the build failed"; fi
 fi
 
-# ---- test: the GPU test program ---------------------------------------------------------------
+# ---- test: the self-test users run, then the GPU test program ---------------------------------
 if wants test; then
+  if [ -x "$SELFTEST" ]; then
+    run_limited "$LOG_DIR/selftest.log" "${SELFTEST_LIMIT_S:-120}" "$SELFTEST"
+    record selftest "$(status_word "$RUN_STATUS")" "${RUN_SECONDS}s $(tail -1 "$LOG_DIR/selftest.log")"
+  else
+    record selftest FAILED "no self-test program at $SELFTEST"
+  fi
   if [ -x "$TESTS" ]; then
     run_limited "$LOG_DIR/tests.log" "${TEST_LIMIT_S:-150}" "$TESTS" --gtest_color=no
     counts=$(grep -E '^\[ *(PASSED|SKIPPED|FAILED) *\] [0-9]+ test' "$LOG_DIR/tests.log" | tr -s ' ' | sed 's/, listed below://' | paste -sd ';' -)
