@@ -22,6 +22,8 @@
 // Flags (besides Google Benchmark's, e.g. --benchmark_filter=fused/elem/float32 and
 // --benchmark_min_time=0.2):
 //   --max_n=16M     largest N (also GRADDROP_BENCH_MAX_N); default 64M
+//   --sizes=512K,2M the Ns to run instead (marginalised: [256, N / 256]; 512K and 2M are the
+//                   many-task shapes [256, 2048] and [256, 8192])
 //   --threads=2     ATen threads (also GRADDROP_BENCH_THREADS); default 2
 //   --tasks=2,4     task counts; default 2,4,8
 //   --dtypes=float32,bfloat16
@@ -62,6 +64,8 @@ constexpr int64_t kRows = 256;  // marginalised: [kRows, N / kRows]
 
 struct Settings {
   int64_t max_n = int64_t(64) << 20;
+  // The Ns to run (--sizes); empty: 1M, 4M, 16M, 64M up to max_n.
+  std::vector<int64_t> sizes;
   int threads = 2;
   std::vector<int64_t> tasks = {2, 4, 8};
   std::vector<at::ScalarType> dtypes = {at::kFloat, at::kBFloat16};
@@ -94,6 +98,7 @@ std::string dtype_name(at::ScalarType dtype) {
 
 std::string size_name(int64_t n) {
   if (n % (int64_t(1) << 20) == 0) return std::to_string(n >> 20) + "M";
+  if (n % (int64_t(1) << 10) == 0) return std::to_string(n >> 10) + "K";
   return std::to_string(n);
 }
 
@@ -113,6 +118,8 @@ Settings parse_settings(int* argc, char** argv) {
     };
     if (const char* value = value_of("--max_n=")) {
       settings.max_n = parse_size(value);
+    } else if (const char* value = value_of("--sizes=")) {
+      for (const auto& part : split(value)) settings.sizes.push_back(parse_size(part));
     } else if (const char* value = value_of("--threads=")) {
       settings.threads = std::atoi(value);
     } else if (const char* value = value_of("--tasks=")) {
@@ -345,8 +352,14 @@ int main(int argc, char** argv) {
               size_name(settings.max_n).c_str());
 
   std::vector<Config> configs;
-  for (int64_t numel : {int64_t(1) << 20, int64_t(4) << 20, int64_t(16) << 20, int64_t(64) << 20}) {
-    if (numel > settings.max_n) continue;
+  std::vector<int64_t> sizes = settings.sizes;
+  if (sizes.empty()) {
+    for (int64_t numel : {int64_t(1) << 20, int64_t(4) << 20, int64_t(16) << 20,
+                          int64_t(64) << 20}) {
+      if (numel <= settings.max_n) sizes.push_back(numel);
+    }
+  }
+  for (int64_t numel : sizes) {
     for (auto dtype : settings.dtypes) {
       for (int64_t tasks : settings.tasks) configs.push_back({numel, tasks, dtype});
     }

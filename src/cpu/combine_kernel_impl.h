@@ -204,14 +204,18 @@ inline void finish_streaming() {
 }
 
 // Where a block's op-math output is computed: straight into the output for float and double
-// with plain stores, else into `buffer` (store_block then converts and/or streams it).
+// with plain stores, else into `buffer` (store_block then converts, streams or copies it).
+// `in_place` says the loop writes each output element only after it has read that element of
+// every task: true for a compile-time task count (one pass over the tasks per element); the
+// run-time task count accumulates over the tasks in the output, which may be one of the task
+// gradients (combine_out), so it works in `buffer`.
 template <typename Type>
 typename Type::opmath_t* output_target(typename Type::storage_t* data, bool stream,
-                                       typename Type::opmath_t* buffer) {
+                                       bool in_place, typename Type::opmath_t* buffer) {
   if constexpr (Type::kConverted) {
     return buffer;
   } else {
-    return stream ? buffer : reinterpret_cast<typename Type::opmath_t*>(data);
+    return stream || !in_place ? buffer : reinterpret_cast<typename Type::opmath_t*>(data);
   }
 }
 
@@ -229,6 +233,9 @@ void store_block(const typename Type::opmath_t* values, int64_t count,
     if (stream) stream_bytes(converted, data, count * static_cast<int64_t>(sizeof(S)));
   } else if (stream) {
     stream_bytes(values, data, count * static_cast<int64_t>(sizeof(S)));
+  } else if (values != reinterpret_cast<const typename Type::opmath_t*>(data)) {
+    GRADDROP_SIMD_LOOP
+    for (int64_t k = 0; k < count; ++k) data[k] = values[k];
   }
 }
 
@@ -781,7 +788,7 @@ void element_tiles(const KernelParams& params, int64_t tile_begin, int64_t tile_
                                 explicit_keep != nullptr ? explicit_keep + first : nullptr,
                                 explicit_uniform != nullptr ? uniform : nullptr, count,
                                 params.keep_function, scale, buffers.keep);
-        O* combined = output_target<Type>(output + first, stream, buffers.combined);
+        O* combined = output_target<Type>(output + first, stream, kTasks > 0, buffers.combined);
         combine_elements<O, kTasks, kAccumulate>(buffers.signal, buffers.views, num_tasks, keep,
                                                 uniform, buffers.leak, params.zero_sign, count,
                                                 combined, buffers);
@@ -905,7 +912,7 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
           buffers.views[i] =
               opmath_view<Type>(grads[i] + base, count, buffers.tasks + i * width_stride);
         }
-        O* combined = output_target<Type>(output + base, stream, buffers.combined);
+        O* combined = output_target<Type>(output + base, stream, kTasks > 0, buffers.combined);
         apply_coefficients<O, kTasks, kAccumulate>(buffers.coefficients, width_stride,
                                                    buffers.views, num_tasks, count, combined,
                                                    buffers);

@@ -437,3 +437,47 @@ TEST(Layer, ReproducibleUnderManualSeed) {
 
 }  // namespace
 }  // namespace graddrop
+
+namespace graddrop {
+namespace {
+
+// Forty heads (the paper's CelebA setting), end to end: the gradient the layer hands the trunk
+// equals the float64 reference's combination of the forty head gradients, with the U the kernel
+// draws for the layer's seed (testing::philox_uniform_tensor). Both modes.
+TEST(Layer, FortyHeadsMatchTheFloat64Reference) {
+  constexpr int64_t kHeads = 40;
+  auto generator = testing::seeded_generator(305);
+  for (bool marginalize : {true, false}) {
+    SCOPED_TRACE(marginalize ? "marginalised" : "per element");
+    Model model(kHeads, generator);
+    const auto options = GradDropOptions(kHeads).marginalize_batch(marginalize).seed(77).offset(5);
+    GradDropLayer layer(options);
+    const auto activation = model.shared();
+    const auto outputs = layer(activation);
+    // Each head's gradient at its output, then the layer's gradient at the activation (no
+    // retain_grad: it would also collect the per-head gradients).
+    std::vector<at::Tensor> grads;
+    at::Tensor total;
+    for (size_t head = 0; head < static_cast<size_t>(kHeads); ++head) {
+      const auto loss = model.loss(head, outputs[head]);
+      grads.push_back(torch::autograd::grad({loss}, {outputs[head]}, {},
+                                            /*retain_graph=*/true)[0]);
+      total = total.defined() ? total + loss : loss;
+    }
+    const auto combined = torch::autograd::grad({total}, {activation})[0];
+    const auto uniform =
+        testing::philox_uniform_tensor(purity_shape(activation, options), 77, 5);
+    const auto expected = reference::combine(grads, activation.detach(), options, uniform);
+    EXPECT_TRUE(testing::bitwise_equal(combined, combine(grads, activation.detach(), options)));
+    EXPECT_TRUE(testing::bitwise_equal(
+        combine(grads, activation.detach(), options),
+        combine(grads, activation.detach(), GradDropOptions(kHeads).marginalize_batch(marginalize),
+                nullopt, uniform)));
+    EXPECT_TRUE(testing::close_to_reference(combined, expected.output));
+    // Not the plain sum: forty heads disagree somewhere.
+    EXPECT_FALSE(at::allclose(combined, at::stack(grads).sum(0)));
+  }
+}
+
+}  // namespace
+}  // namespace graddrop

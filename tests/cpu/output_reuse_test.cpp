@@ -24,30 +24,33 @@ TEST(CombineOut, WritingIntoATaskGradientGivesCombinesBits) {
   for (const auto dtype : {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}) {
     for (const bool marginalize : {false, true}) {
       for (const bool statistics_and_norm : {false, true}) {
-        const int64_t n = 3;
-        const auto options = GradDropOptions(n)
-                                 .marginalize_batch(marginalize)
-                                 .keep_grad_norm(statistics_and_norm)
-                                 .leak(testing::mixed_leaks(n, generator))
-                                 .seed(77);
-        SCOPED_TRACE(testing::describe(options) + " " + c10::toString(dtype));
-        const auto activation = testing::random_activation({37, 301}, dtype, generator);
-        const auto grads = testing::random_grads(activation, n, generator);
-        GradDropStatistics expected_statistics;
-        const auto expected =
-            combine(grads, activation, options, nullopt, nullopt, &expected_statistics);
-        for (int64_t target = 0; target < n; ++target) {
-          auto own = clones(grads);
-          auto out = own[static_cast<size_t>(target)];
-          GradDropStatistics statistics;
-          combine_out(out, own, activation, options, nullopt, nullopt, &statistics);
-          EXPECT_TRUE(testing::bitwise_equal(out, expected)) << "out = grads[" << target << "]";
-          EXPECT_TRUE(testing::statistics_equal(statistics, expected_statistics, 0.0));
-          // The other gradients are untouched.
-          for (int64_t task = 0; task < n; ++task) {
-            if (task == target) continue;
-            EXPECT_TRUE(testing::bitwise_equal(own[static_cast<size_t>(task)],
-                                               grads[static_cast<size_t>(task)]));
+        // 3 tasks: a compile-time task count in the kernels; 9 and 40: the run-time one, which
+        // accumulates over the tasks (in a buffer, not in the output that may be a task's).
+        for (const int64_t n : {3, 9, 40}) {
+          const auto options = GradDropOptions(n)
+                                   .marginalize_batch(marginalize)
+                                   .keep_grad_norm(statistics_and_norm)
+                                   .leak(testing::mixed_leaks(n, generator))
+                                   .seed(77);
+          SCOPED_TRACE(testing::describe(options) + " " + c10::toString(dtype));
+          const auto activation = testing::random_activation({37, 301}, dtype, generator);
+          const auto grads = testing::random_grads(activation, n, generator);
+          GradDropStatistics expected_statistics;
+          const auto expected =
+              combine(grads, activation, options, nullopt, nullopt, &expected_statistics);
+          for (const int64_t target : {int64_t(0), int64_t(1), n / 2, n - 1}) {
+            auto own = clones(grads);
+            auto out = own[static_cast<size_t>(target)];
+            GradDropStatistics statistics;
+            combine_out(out, own, activation, options, nullopt, nullopt, &statistics);
+            EXPECT_TRUE(testing::bitwise_equal(out, expected)) << "out = grads[" << target << "]";
+            EXPECT_TRUE(testing::statistics_equal(statistics, expected_statistics, 0.0));
+            // The other gradients are untouched.
+            for (int64_t task = 0; task < n; ++task) {
+              if (task == target) continue;
+              EXPECT_TRUE(testing::bitwise_equal(own[static_cast<size_t>(task)],
+                                                 grads[static_cast<size_t>(task)]));
+            }
           }
         }
       }

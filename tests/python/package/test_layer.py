@@ -289,3 +289,42 @@ def test_negative_seed_is_a_64_bit_key(generator):
     first = graddrop.combine(grads, activation, seed=-1)
     assert torch.equal(first, graddrop.combine(grads, activation, seed=-1))
     assert not torch.equal(first, graddrop.combine(grads, activation, seed=1))
+
+
+def reference_combine(grads, activation, uniform, marginalize_batch=True, epsilon=1e-7):
+    """GradDrop in float64 with an explicit U, written from the formula (docs/design.md)."""
+    a = activation.double()
+    signals = [torch.sign(a) * g.double() for g in grads]
+    if marginalize_batch:
+        signals = [s.sum(0) for s in signals]
+    signed = sum(signals)
+    absolute = sum(s.abs() for s in signals)
+    purity = 0.5 * (1 + signed / (absolute + epsilon))
+    u = uniform.double()
+    out = torch.zeros_like(a)
+    for g, s in zip(grads, signals):
+        mask = ((purity > u) & (s > 0)) | ((purity < u) & (s < 0))
+        out += mask.double() * g.double()
+    return out
+
+
+@pytest.mark.parametrize("marginalize_batch", [True, False])
+def test_forty_heads(generator, marginalize_batch):
+    """Forty heads (the paper's CelebA setting): the layer's gradient is combine's for its seed,
+    and combine with an explicit U matches the float64 formula."""
+    heads = 40
+    activation = torch.randn(32, 24, generator=generator, requires_grad=True)
+    layer = graddrop.GradDropLayer(heads, seed=9, marginalize_batch=marginalize_batch)
+    outputs = layer(activation)
+    losses = heads_and_loss(outputs, generator)
+    grads = torch.autograd.grad(losses, outputs, retain_graph=True)
+    (got,) = torch.autograd.grad(sum(losses), activation)
+    detached = activation.detach()
+    assert torch.equal(got, graddrop.combine(list(grads), detached, seed=9,
+                                             marginalize_batch=marginalize_batch))
+    uniform = torch.rand(graddrop.purity_shape(detached, marginalize_batch), generator=generator)
+    explicit = graddrop.combine(list(grads), detached, uniform=uniform,
+                                marginalize_batch=marginalize_batch)
+    expected = reference_combine(grads, detached, uniform, marginalize_batch)
+    torch.testing.assert_close(explicit.double(), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, sum(grads))
