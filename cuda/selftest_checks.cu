@@ -42,7 +42,8 @@ std::string describe_device(int device) {
 // Both modes, captured on a side stream and replayed twice, against the eager call.
 std::string graph_replay(int device) {
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
-  const auto options = at::TensorOptions(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device)));
+  const auto options =
+      at::TensorOptions(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device)));
   for (bool marginalize : {true, false}) {
     const auto activation = at::randn({640, 96}, options);
     const std::vector<at::Tensor> grads = {at::randn_like(activation), at::randn_like(activation),
@@ -95,7 +96,9 @@ std::vector<PlannedShape> shapes_per_path(int device) {
   for (int64_t rows : {16, 64, 128, 600, 2048, 8192}) {
     for (int64_t columns : {131, 1024, 4096, 65536, 131072}) {
       for (int tasks : {2, 8}) {
-        if (rows * columns <= (int64_t(1) << 22)) candidates.push_back({rows, columns, tasks, true});
+        if (rows * columns <= (int64_t(1) << 22)) {
+          candidates.push_back({rows, columns, tasks, true});
+        }
       }
     }
   }

@@ -1,6 +1,6 @@
 #pragma once
-// A composed-ATen float64 implementation of docs/design.md ("What GradDrop computes") with an explicit U: one ATen operation
-// at a time, the way Python libraries write GradDrop. Written independently of the kernels;
+// A composed-ATen float64 implementation of GradDrop (docs/design.md, "What GradDrop computes")
+// with an explicit U: one ATen operation at a time, the way Python libraries write GradDrop. Written independently of the kernels;
 // tests compare the kernels against it and benchmarks time it.
 #include <vector>
 

@@ -1,6 +1,6 @@
 // The CPU kernels behind graddrop::combine (registered as ops::CombineKernels, combine_op.h):
-// the Philox key, the split of the work into fixed tiles (per-element mode) or column strips (marginalised mode) across
-// threads, and the reduction of the statistics. The vectorised kernels themselves live in
+// the Philox key, the split of the work into fixed tiles (per-element mode) or column strips
+// (marginalised mode) across threads, and the reduction of the statistics. The vectorised kernels themselves live in
 // combine_kernel_impl.h, compiled once per instruction set and picked at run time
 // (cpu_capability.h).
 //

@@ -123,7 +123,8 @@ std::vector<Case> grid() {
                               : std::vector<int64_t>{3, 1001};
         c.keep_grad_norm = n == 2;
         std::ostringstream name;
-        name << (marginalize ? "marginalised " : "per element ") << dtype << at::IntArrayRef(c.sizes)
+        name << (marginalize ? "marginalised " : "per element ") << dtype
+             << at::IntArrayRef(c.sizes)
              << " n=" << n << (c.keep_grad_norm ? " keep_grad_norm" : "");
         c.name = name.str();
         cases.push_back(c);
@@ -233,6 +234,26 @@ void gpu_checks(Report& report, const SelfTestOptions& options, int device_index
     report.check(name.str(), difference_of(c, run_case(c, at::kCPU), run_case(c, device), false,
                                            options.perturb));
   }
+  // combine_out into a task gradient (as the C++ layer's backward does on the CPU): every kernel
+  // must read an element of each task before it writes that element of the output.
+  for (bool marginalize : {true, false}) {
+    for (int64_t n : {3, 40}) {
+      Case c;
+      c.marginalize = marginalize;
+      c.num_tasks = n;
+      c.statistics = false;
+      c.sizes = marginalize ? std::vector<int64_t>{601, 131} : std::vector<int64_t>{3, 1001};
+      auto inputs = inputs_of(c, device);
+      at::Tensor out = inputs.grads.back();
+      combine_out(out, inputs.grads, inputs.activation, inputs.options);
+      Outcome into_gradient{out, run_case(c, at::kCPU).statistics};
+      std::ostringstream name;
+      name << "combine_out into a task gradient, "
+           << (marginalize ? "marginalised" : "per element") << " n=" << n;
+      report.check(name.str(), difference_of(c, run_case(c, at::kCPU), into_gradient, true,
+                                             options.perturb));
+    }
+  }
   // A side stream: the kernels run on the current stream, whatever it is.
   {
     const auto& c = grid().front();
@@ -263,7 +284,9 @@ void gpu_checks(Report& report, const SelfTestOptions& options, int device_index
     const auto options_n = GradDropOptions(n).seed(1);
     auto fused = [&] { combine(grads, activation, options_n); };
     const auto uniform = at::rand({columns}, activation.options());
-    auto composed = [&] { reference::combine_in(grads, activation, options_n, uniform, at::kFloat); };
+    auto composed = [&] {
+      reference::combine_in(grads, activation, options_n, uniform, at::kFloat);
+    };
     // The same footprint: (n + 2) N float32 moved, as one copy of (n + 2) N / 2 elements.
     const auto source = at::empty({(n + 2) * rows * columns / 2}, activation.options());
     auto target = at::empty_like(source);
