@@ -1,7 +1,7 @@
 // graddrop::combine on the CPU against the composed-ATen formula and against a plain copy of the
 // same number of bytes, all in one run (docs/performance.md): for N elements of type T and n
-// tasks the least traffic is (n + 2) * N * sizeof(T) bytes (read A and every g_i, write out), and every
-// variant is reported as that many bytes per second, so ratios compare times.
+// tasks the least traffic is (n + 2) * N * sizeof(T) bytes (read A and every g_i, write out),
+// and every variant is reported as that many bytes per second, so ratios compare times.
 //
 //   fused/<mode>/<dtype>/n<n>/N<N>      graddrop::combine with a fixed seed (Philox U)
 //   fused_plain/..., fused_stream/...   the same with normal or streaming stores only
