@@ -24,6 +24,7 @@
 #include "ops/verify.h"
 #include "selftest/compare.h"
 #include "selftest/cuda_checks.h"
+#include "selftest/hashed_inputs.h"
 
 #ifndef GRADDROP_VERSION
 #define GRADDROP_VERSION "unknown"
@@ -49,22 +50,6 @@ struct Case {
   bool keep_grad_norm = false;
   bool statistics = true;
 };
-
-double hashed_value(uint64_t stream, uint64_t index) {
-  if (index % 29 == 7) return 0.0;
-  uint64_t x = stream * 0x9E3779B97F4A7C15ull + index * 0xBF58476D1CE4E5B9ull + 1;
-  x ^= x >> 31;
-  x *= 0x94D049BB133111EBull;
-  x ^= x >> 29;
-  return static_cast<double>(x >> 11) * 0x1.0p-52 - 1.0;
-}
-
-at::Tensor hashed_tensor(at::IntArrayRef sizes, at::ScalarType dtype, uint64_t stream) {
-  auto values = at::empty(sizes, at::kDouble);
-  double* data = values.data_ptr<double>();
-  for (int64_t i = 0; i < values.numel(); ++i) data[i] = hashed_value(stream, i);
-  return values.to(dtype);
-}
 
 struct Inputs {
   at::Tensor activation;

@@ -2,8 +2,9 @@
 // once and compared on every build (any instruction set, thread count, LibTorch). A change that
 // moves a single bit of any output, statistic or norm fails here; a refactor must keep them.
 //
-// The inputs come from an integer hash, not from a torch generator, so they are the same bytes
-// in every LibTorch release. Set GRADDROP_PRINT_DIGESTS=1 to print the digests a build computes.
+// The inputs come from an integer hash (src/selftest/hashed_inputs.h), not from a torch
+// generator, so they are the same bytes in every LibTorch release. Set GRADDROP_PRINT_DIGESTS=1
+// to print the digests a build computes.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -18,27 +19,10 @@
 #include <gtest/gtest.h>
 
 #include "graddrop/combine.h"
+#include "selftest/hashed_inputs.h"
 
 namespace graddrop {
 namespace {
-
-// A value in [-1, 1) from (stream, index), with exact zeros every 29th index (sign(A) = 0 and
-// zero signals are exercised).
-double hashed_value(uint64_t stream, uint64_t index) {
-  if (index % 29 == 7) return 0.0;
-  uint64_t x = stream * 0x9E3779B97F4A7C15ull + index * 0xBF58476D1CE4E5B9ull + 1;
-  x ^= x >> 31;
-  x *= 0x94D049BB133111EBull;
-  x ^= x >> 29;
-  return static_cast<double>(x >> 11) * 0x1.0p-52 - 1.0;
-}
-
-at::Tensor hashed_tensor(at::IntArrayRef sizes, at::ScalarType dtype, uint64_t stream) {
-  auto values = at::empty(sizes, at::kDouble);
-  double* data = values.data_ptr<double>();
-  for (int64_t i = 0; i < values.numel(); ++i) data[i] = hashed_value(stream, i);
-  return values.to(dtype);
-}
 
 // FNV-1a over the bytes of a contiguous CPU tensor.
 uint64_t digest_of(const at::Tensor& tensor) {
@@ -106,6 +90,20 @@ const std::vector<DigestCase>& digest_cases() {
   return cases;
 }
 
+struct Inputs {
+  at::Tensor activation;
+  std::vector<at::Tensor> grads;
+};
+
+Inputs inputs_of(const DigestCase& c) {
+  Inputs inputs{selftest::hashed_tensor(c.sizes, c.dtype, 1), {}};
+  for (int64_t task = 0; task < c.num_tasks; ++task) {
+    inputs.grads.push_back(
+        selftest::hashed_tensor(c.sizes, c.dtype, 100 + static_cast<uint64_t>(task)));
+  }
+  return inputs;
+}
+
 std::string hex(uint64_t value) {
   std::ostringstream text;
   text << "0x" << std::hex << std::setw(16) << std::setfill('0') << value << "ull";
@@ -116,11 +114,7 @@ TEST(Digests, OutputsMatchThePinnedBytes) {
   const bool print = std::getenv("GRADDROP_PRINT_DIGESTS") != nullptr;
   for (const auto& c : digest_cases()) {
     SCOPED_TRACE(c.name);
-    const auto activation = hashed_tensor(c.sizes, c.dtype, 1);
-    std::vector<at::Tensor> grads;
-    for (int64_t task = 0; task < c.num_tasks; ++task) {
-      grads.push_back(hashed_tensor(c.sizes, c.dtype, 100 + static_cast<uint64_t>(task)));
-    }
+    auto [activation, grads] = inputs_of(c);
     GradDropStatistics statistics;
     const auto output = combine(grads, activation, options_of(c), nullopt, nullopt,
                                 c.statistics ? &statistics : nullptr);
@@ -141,11 +135,7 @@ TEST(Digests, OneThreadGivesTheSameBytes) {
   at::set_num_threads(1);
   for (const auto& c : digest_cases()) {
     SCOPED_TRACE(c.name);
-    const auto activation = hashed_tensor(c.sizes, c.dtype, 1);
-    std::vector<at::Tensor> grads;
-    for (int64_t task = 0; task < c.num_tasks; ++task) {
-      grads.push_back(hashed_tensor(c.sizes, c.dtype, 100 + static_cast<uint64_t>(task)));
-    }
+    auto [activation, grads] = inputs_of(c);
     EXPECT_EQ(hex(digest_of(combine(grads, activation, options_of(c)))), hex(c.output_digest));
   }
   at::set_num_threads(threads);
@@ -155,11 +145,7 @@ TEST(Digests, OneThreadGivesTheSameBytes) {
 TEST(Digests, OutIntoATaskGradientGivesTheSameBytes) {
   for (const auto& c : digest_cases()) {
     SCOPED_TRACE(c.name);
-    const auto activation = hashed_tensor(c.sizes, c.dtype, 1);
-    std::vector<at::Tensor> grads;
-    for (int64_t task = 0; task < c.num_tasks; ++task) {
-      grads.push_back(hashed_tensor(c.sizes, c.dtype, 100 + static_cast<uint64_t>(task)));
-    }
+    auto [activation, grads] = inputs_of(c);
     at::Tensor out = grads.back();
     combine_out(out, grads, activation, options_of(c));
     EXPECT_EQ(hex(digest_of(out)), hex(c.output_digest));
