@@ -88,7 +88,8 @@ TEST(CudaLarge, MarginalizedBeyondTwoToThe31Elements) {
     const auto expected =
         combine(slice_grads, slice(activation), GradDropOptions(2), nullopt, uniform);
     // A column's batch sum follows one canonical order that depends on the rows alone
-    // (DESIGN.md §2), so the slice on the CPU gives the full tensor's columns bit for bit.
+    // (docs/design.md, "The same bits on every device"), so the slice on the CPU gives the full
+    // tensor's columns bit for bit.
     EXPECT_TRUE(cuda_testing::identical_bits(slice(output), expected))
         << "columns at " << first;
   }

@@ -1,7 +1,7 @@
 // The CUDA kernels against the float64 reference with an explicit U kept away from f(P) and
 // marginalised column signals kept away from zero (testing::decided_signals): every
 // task count 1 to 10, every dtype, every option, layouts (non-contiguous, misaligned), the shapes
-// that take each kernel path, the edge cases of DESIGN.md §1. Each call runs twice: statistics
+// that take each kernel path, the edge cases of docs/design.md. Each call runs twice: statistics
 // off (the training hot path, no accumulators) and on; both outputs must match the reference,
 // and the statistics the reference implies.
 //
