@@ -2,8 +2,9 @@
 // offset) draws the same U on both devices, and every reduction that decides a mask (the
 // marginalised per-feature batch sums) follows one canonical order on both (docs/design.md,
 // "The same bits on every device"), so the outputs are bit-identical: every dtype, both modes,
-// linear and sigmoid, any task count, every kernel path; no exclusion near a tie. With keep_grad_norm the whole-tensor rescale may
-// differ in its last bits; the statistics' counts agree exactly and their mean purity to 1e-12.
+// linear and sigmoid, any task count, every kernel path; no exclusion near a tie. With
+// keep_grad_norm the whole-tensor rescale may differ in its last bits; the statistics' counts
+// agree exactly and their mean purity to 1e-12.
 // Also: U is keyed on the logical index whatever the launch shape; the CUDA generator is consumed
 // one counter step per call; repeated calls are bitwise reproducible.
 #include <mutex>
