@@ -185,17 +185,26 @@ ZeroSign parse_zero_sign(c10::string_view name) {
                     std::string(name), "'");
 }
 
-std::vector<c10::SymInt> purity_sym_shape_of(const at::Tensor& activation,
-                                             bool marginalize_batch) {
+namespace {
+
+// A 0-d activation has no batch dimension to marginalise: refused, not silently a no-op.
+void check_batch_dimension(const at::Tensor& activation, bool marginalize_batch) {
   TORCH_CHECK_VALUE(!marginalize_batch || activation.dim() >= 1,
                     "graddrop: marginalize_batch needs an activation with a batch dimension, got "
                     "a 0-d activation; set marginalize_batch(false)");
+}
+
+}  // namespace
+
+std::vector<c10::SymInt> purity_sym_shape_of(const at::Tensor& activation,
+                                             bool marginalize_batch) {
+  check_batch_dimension(activation, marginalize_batch);
   const auto sizes = activation.sym_sizes();
   return std::vector<c10::SymInt>(sizes.begin() + (marginalize_batch ? 1 : 0), sizes.end());
 }
 
 std::vector<int64_t> purity_shape_of(const at::Tensor& activation, bool marginalize_batch) {
-  purity_sym_shape_of(activation, marginalize_batch);  // the 0-d check
+  check_batch_dimension(activation, marginalize_batch);
   const auto sizes = activation.sizes();
   return std::vector<int64_t>(sizes.begin() + (marginalize_batch ? 1 : 0), sizes.end());
 }
@@ -210,7 +219,7 @@ CombineArguments validate_combine(const CombineRequest& request) {
                    "graddrop: activation must be float32, float64, float16 or bfloat16, got "
                    "dtype ",
                    dtype);
-  const auto purity_shape = purity_sym_shape_of(activation, request.marginalize_batch);
+  check_batch_dimension(activation, request.marginalize_batch);
 
   CombineArguments arguments;
   arguments.activation = activation.contiguous();
@@ -250,8 +259,9 @@ CombineArguments validate_combine(const CombineRequest& request) {
   }
 
   if (request.uniform.has_value() && request.uniform->defined()) {
-    arguments.uniform =
-        checked_purity_shaped(*request.uniform, "uniform (U)", arguments, purity_shape);
+    arguments.uniform = checked_purity_shaped(
+        *request.uniform, "uniform (U)", arguments,
+        purity_sym_shape_of(activation, request.marginalize_batch));
     // Checked after the conversion to op-math, which is what the kernels compare against.
     check_uniform_values(arguments.uniform);
   }
@@ -263,7 +273,8 @@ CombineArguments validate_combine(const CombineRequest& request) {
                       "'custom', got '",
                       std::string(request.keep_function), "' (which would be ignored)");
     arguments.keep_probability = checked_purity_shaped(
-        *request.keep_probability, "keep_probability (f(P))", arguments, purity_shape);
+        *request.keep_probability, "keep_probability (f(P))", arguments,
+        purity_sym_shape_of(activation, request.marginalize_batch));
     check_keep_probability_values(arguments.keep_probability);
   } else {
     TORCH_CHECK_VALUE(arguments.keep_function != KeepFunction::kCustom,
