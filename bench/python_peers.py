@@ -2,8 +2,18 @@
 GradDropLayer, LibMTL 1.1.5's GradDrop weighting (rep_grad) and TorchJD 0.18.0's GradDrop
 aggregator through mtl_backward. Run through bench/python_peers.sh, which installs the peers.
 
-Model: an MLP trunk (depth x width, ReLU) shared by n linear heads, cross-entropy per task,
-SGD. Timing: every method gets its own copy of the same initial model and the steps of the
+Model: an MLP trunk (depth x width, ReLU after every layer) shared by n linear heads,
+cross-entropy per task, SGD. --trunk gives the trunk's layer sizes instead, input size first, then
+each layer's output size (e.g. 512,2048,2048,512: Linear 512->2048, ReLU, 2048->2048, ReLU,
+2048->512, ReLU), overriding --in-features, --width and --depth; the heads read the last size.
+--preset celeba is the shape of the GradDrop paper's CelebA benchmark: it sets --trunk
+512,2048,2048,512, --classes 2 (40 binary attributes as 2-class heads), --batch 256 and
+--tasks 2,8,40 as defaults, so any of these given explicitly still wins. The full CelebA table
+(2 threads, all four methods side by side, about 6 to 8 minutes on 2 cores; TorchJD at 40 tasks,
+2 GiB and several seconds a step, is the slowest):
+    bash bench/python_peers.sh --preset celeba --devices cpu --threads 2 --steps 20 --warmup 2
+
+Timing: every method gets its own copy of the same initial model and the steps of the
 methods are interleaved (round robin), so a change of machine load hits them alike; the median
 step time is reported. Memory: a separate process per (method, n) runs a few steps and reports its
 peak extra memory over the state before the first step (CPU: peak resident set from
@@ -47,14 +57,31 @@ def import_libmtl_graddrop():
     return importlib.import_module("LibMTL.weighting.GradDrop").GradDrop
 
 
+PRESETS = {
+    # The GradDrop paper's CelebA benchmark: 40 binary attributes on a 512-2048-2048-512 MLP.
+    "celeba": {"trunk": "512,2048,2048,512", "classes": 2, "batch": 256, "tasks": "2,8,40"},
+}
+
+
+def trunk_sizes(args):
+    """The trunk's layer sizes, input first: --trunk if given, else in_features then depth x
+    width."""
+    if args.trunk:
+        sizes = [int(size) for size in args.trunk.split(",")]
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise SystemExit(f"--trunk {args.trunk}: need an input size and at least one layer")
+        return sizes
+    return [args.in_features] + [args.width] * args.depth
+
+
 class Model(nn.Module):
-    def __init__(self, num_tasks, width, depth, in_features, classes, head_hidden=0):
+    def __init__(self, num_tasks, sizes, classes, head_hidden=0):
         super().__init__()
-        layers, features = [], in_features
-        for _ in range(depth):
-            layers += [nn.Linear(features, width), nn.ReLU()]
-            features = width
+        layers = []
+        for features, out in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(features, out), nn.ReLU()]
         self.trunk = nn.Sequential(*layers)
+        width = sizes[-1]
 
         def head():
             if not head_hidden:
@@ -118,9 +145,9 @@ class Step:
 
 def make(args, num_tasks, device):
     torch.manual_seed(0)
-    model = Model(num_tasks, args.width, args.depth, args.in_features, args.classes,
-                  args.head_hidden)
-    x = torch.randn(args.batch, args.in_features, device=device)
+    sizes = trunk_sizes(args)
+    model = Model(num_tasks, sizes, args.classes, args.head_hidden)
+    x = torch.randn(args.batch, sizes[0], device=device)
     targets = [torch.randint(0, args.classes, (args.batch,), device=device)
                for _ in range(num_tasks)]
     return model, x, targets
@@ -175,10 +202,16 @@ def peak_memory_mib(args, num_tasks, device, method):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="celeba: --trunk 512,2048,2048,512 --classes 2 --batch 256 "
+                             "--tasks 2,8,40 unless given explicitly")
     parser.add_argument("--tasks", default="2,4,8")
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--in-features", type=int, default=512)
+    parser.add_argument("--trunk", default=None,
+                        help="layer sizes, input first, e.g. 512,2048,2048,512; overrides "
+                             "--in-features, --width and --depth")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--head-hidden", type=int, default=0,
                         help="0: linear heads; else each head has one hidden layer this wide")
@@ -189,6 +222,9 @@ def main():
     parser.add_argument("--devices", default="cpu,cuda", help="cuda is skipped without a GPU")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # child process
+    preset = parser.parse_known_args()[0].preset
+    if preset:  # the preset's values become defaults, so explicit flags still override them
+        parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args()
     args.methods = args.methods.split(",")
     if args.threads:
@@ -200,10 +236,13 @@ def main():
         return
 
     devices = [d for d in args.devices.split(",") if d == "cpu" or torch.cuda.is_available()]
-    heads = (f"{args.width} -> {args.head_hidden} -> {args.classes}" if args.head_hidden
-             else f"{args.width} -> {args.classes}")
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; trunk {args.depth} x "
-          f"{args.width} (input {args.in_features}), heads {heads}, batch "
+    sizes = trunk_sizes(args)
+    heads = (f"{sizes[-1]} -> {args.head_hidden} -> {args.classes}" if args.head_hidden
+             else f"{sizes[-1]} -> {args.classes}")
+    trunk = ("-".join(map(str, sizes)) if args.trunk
+             else f"{args.depth} x {args.width} (input {args.in_features})")
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; trunk {trunk}, "
+          f"heads {heads}, batch "
           f"{args.batch}; median of {args.steps} steps after {args.warmup} warm-up steps")
     rows = []
     for device in devices:

@@ -5,6 +5,11 @@
 # benchmark with .venv's python, which must have the graddrop package installed
 # (pip install --no-build-isolation .). Arguments go to python_peers.py, e.g.
 #   bash bench/python_peers.sh --tasks 2,4,8 --width 2048 --steps 10
+# --trunk gives a trunk that is not uniform width (input size first, then each layer's output
+# size; overrides --in-features/--width/--depth). --preset celeba is the GradDrop paper's CelebA
+# shape: --trunk 512,2048,2048,512 --classes 2 --batch 256 --tasks 2,8,40, each overridable by
+# giving it explicitly. The full CelebA table (all four methods, 2 threads):
+#   bash bench/python_peers.sh --preset celeba --devices cpu --threads 2 --steps 20 --warmup 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
