@@ -26,7 +26,7 @@ struct Dtype {
 const Dtype kDtypes[] = {{"float32", 4, 4}, {"bfloat16", 2, 4}, {"float64", 8, 8}};
 const int64_t kRows[] = {1, 7, 8, 100, 511, 512, 513, 1024, 2048, 4096, 65536};
 const int64_t kColumns[] = {1, 3, 16, 17, 100, 1000, 1024, 4096, 4099, 16384, 65536, 131072};
-const int kTasks[] = {1, 2, 4, 8, 40};
+const int kTasks[] = {1, 2, 4, 8, 40, 64};
 
 CallShape shape_of(int64_t rows, int64_t columns, int n, const Dtype& dtype, bool statistics,
                    bool marginalized) {
@@ -190,7 +190,10 @@ TEST(LaunchPlan, IssueExamplesOnAnH100) {
 //     batch of <= 512 rows has 2 chains per column), and for 8 or more tasks or float64 the
 //     blocks' row-lane scratch (8 x 8 tasks x W op-math values) fits too few blocks per
 //     multiprocessor; pass 2: the blocks keep n x W coefficients in shared memory, which for 40
-//     tasks of float64 fits too few blocks on an A100, L4 or T4.
+//     tasks of float64 fits too few blocks on an A100, L4 or T4;
+//   64 tasks of float64: the coefficients and the row-lane scratch (8 KB each at the narrowest
+//     strip) fit fewer blocks still: pass 1 reaches 0.094 on a T4 and 0.10 on an L4, pass 2
+//     0.19 on an L4 or T4 and 0.23 on an A100 (every plan still fits: the launch limits).
 // The exceptions' floors are asserted so that a regression still fails.
 TEST(LaunchPlan, EveryPlanFitsAndLargeCallsFillTheDevice) {
   int64_t plans = 0;
@@ -222,6 +225,9 @@ TEST(LaunchPlan, EveryPlanFitsAndLargeCallsFillTheDevice) {
                 if (small_layout) {
                   EXPECT_GE(plan.sums_occupancy, std::min(target, plan.canonical_bound));
                   EXPECT_GE(plan.apply_occupancy, target);
+                } else if (n > 40 && dtype.opmath_size == 8) {
+                  EXPECT_GE(plan.sums_occupancy, std::min({0.09, target, plan.canonical_bound}));
+                  EXPECT_GE(plan.apply_occupancy, std::min(target, 0.18));
                 } else {
                   EXPECT_GE(plan.sums_occupancy, std::min({0.125, target, plan.canonical_bound}));
                   EXPECT_GE(plan.apply_occupancy, std::min(target, n <= 8 ? 0.5 : 0.25));
@@ -233,7 +239,7 @@ TEST(LaunchPlan, EveryPlanFitsAndLargeCallsFillTheDevice) {
       }
     }
   }
-  EXPECT_EQ(plans, 5 * 11 * 12 * 5 * 3 * 2 * 2);
+  EXPECT_EQ(plans, 5 * 11 * 12 * 6 * 3 * 2 * 2);
 }
 
 // The benchmark shapes (bench/cuda_combine_bench.cpp: N = 16M and 64M elements, per element and

@@ -14,6 +14,10 @@
 //                 [4096, 100] few strips, rows split over blocks; [512, 32768] n = 2 float: a
 //                 cached strip needs more than 48 KB of shared memory (the raised dynamic
 //                 limit); [64, 131072] many strips.
+// Many tasks (CudaReference.ManyTasks, CudaKernelPaths.ManyTasks): 40 and 64 tasks, past the
+// by-value task lists (<= 8) and past one 32-entry batch of the task table's fill
+// (with_tasks in cuda/launch_common.cuh); the marginalised blocks then hold n x W coefficients
+// in shared memory and the planner narrows the strips or drops the cache to fit them.
 #include <cmath>
 #include <limits>
 #include <string>
@@ -246,6 +250,68 @@ TEST(CudaKernelPaths, LargeShapes) {
   expect_matches_reference({4096, 100}, at::kBFloat16, GradDropOptions(3), ++salt);
   expect_matches_reference({64, 131072}, at::kFloat, GradDropOptions(2).keep_grad_norm(true),
                            ++salt);
+}
+
+// Many tasks: 40 (two batches of the task table's fill, five chunks of 8 tasks) and 64, both
+// modes, float32 and bfloat16, with mixed leaks, statistics (every call also runs with them),
+// keep_grad_norm and undefined gradients. The marginalised shapes take the planner's many-task
+// plans (on an H100, 40 tasks): [256, 4096] the split pair with strips of 256 columns and over
+// 100 KB of shared memory per pass-1 block; [4096, 100] the split pair with parts along the
+// rows and a ragged strip; [64, 1024] a cached strip of 16 columns in ~170 KB (float32);
+// [7, 1001] a cached strip with scalar loads. With 64 tasks [64, 1024] float32 runs the fused
+// kernel without the cache (strips of 256 columns, 128 KB).
+TEST(CudaReference, ManyTasks) {
+  GRADDROP_REQUIRE_CUDA();
+  uint64_t salt = 1500;
+  for (const int64_t n : {40, 64}) {
+    for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+      auto generator = testing::seeded_generator(salt);
+      const auto options = GradDropOptions(n).leak(testing::mixed_leaks(n, generator));
+      const auto per_element = GradDropOptions(options).marginalize_batch(false);
+      expect_matches_reference({64, 1024}, dtype, per_element, ++salt);
+      expect_matches_reference({33, 7}, dtype, per_element, ++salt, Layout::kMisaligned,
+                               /*undefined_every=*/3);
+      expect_matches_reference({4096, 100}, dtype, options, ++salt);
+      expect_matches_reference({64, 1024}, dtype, options, ++salt);
+      expect_matches_reference({7, 1001}, dtype, options, ++salt, Layout::kContiguous,
+                               /*undefined_every=*/5);
+      if (n == 40) expect_matches_reference({256, 4096}, dtype, options, ++salt);
+    }
+  }
+  // keep_grad_norm (its norms from the statistics rows) with undefined gradients, on the split
+  // and the cached paths, and per element.
+  expect_matches_reference({256, 4096}, at::kFloat, GradDropOptions(40).keep_grad_norm(true),
+                           ++salt, Layout::kContiguous, /*undefined_every=*/7);
+  expect_matches_reference({4096, 100}, at::kBFloat16, GradDropOptions(40).keep_grad_norm(true),
+                           ++salt, Layout::kContiguous, /*undefined_every=*/4);
+  expect_matches_reference({64, 1024}, at::kFloat, GradDropOptions(64).keep_grad_norm(true),
+                           ++salt, Layout::kContiguous, /*undefined_every=*/3);
+  expect_matches_reference({64, 1024}, at::kBFloat16,
+                           GradDropOptions(40).keep_grad_norm(true).marginalize_batch(false),
+                           ++salt, Layout::kContiguous, /*undefined_every=*/6);
+  // Non-contiguous and misaligned marginalised inputs: element-by-element loads.
+  expect_matches_reference({4096, 100}, at::kFloat, GradDropOptions(40), ++salt,
+                           Layout::kNonContiguous);
+  expect_matches_reference({64, 1024}, at::kBFloat16, GradDropOptions(40), ++salt,
+                           Layout::kMisaligned);
+}
+
+// The many-task plans at sizes a sanitizer gets through quickly (scripts/gpu_check.sh runs
+// memcheck and initcheck over CudaKernelPaths.*): 40 tasks on [2048, 64] (split over row parts),
+// [16, 64] and [1, 5] (cached strips), 64 tasks on [64, 1024] float32 (fused, uncached).
+TEST(CudaKernelPaths, ManyTasks) {
+  GRADDROP_REQUIRE_CUDA();
+  uint64_t salt = 1600;
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (const auto& shape : std::vector<std::vector<int64_t>>{{2048, 64}, {16, 64}, {1, 5}}) {
+      expect_matches_reference(shape, dtype, GradDropOptions(40), ++salt);
+      expect_matches_reference(shape, dtype, GradDropOptions(40).keep_grad_norm(true), ++salt,
+                               Layout::kContiguous, /*undefined_every=*/3);
+    }
+    expect_matches_reference({33, 7}, dtype, GradDropOptions(40).marginalize_batch(false),
+                             ++salt, Layout::kMisaligned, /*undefined_every=*/3);
+  }
+  expect_matches_reference({64, 1024}, at::kFloat, GradDropOptions(64), ++salt);
 }
 
 TEST(CudaReference, EveryOption) {
