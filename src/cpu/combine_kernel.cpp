@@ -33,8 +33,10 @@ using ops::CombineArguments;
 
 // Below this many elements one thread does everything: a parallel region costs more.
 constexpr int64_t kSerialElements = 32768;
-// Strip width when even kColumnGroup columns of all rows do not fit the cache budget: the two
-// passes then read the gradients from memory twice, in long row segments.
+// The narrowest strip kept in cache (64 float32 columns: 256-byte row segments).
+constexpr int64_t kMinCachedStripWidth = 64;
+// Strip width when even kMinCachedStripWidth columns of all rows do not fit the cache budget:
+// the two passes then read the gradients from memory twice, in long row segments.
 constexpr int64_t kUncachedStripWidth = 256;
 
 // The (seed, offset) of this call: explicit, or a fresh seed from the CPU generator.
@@ -104,6 +106,14 @@ int64_t last_level_cache_bytes() {
   return bytes;
 }
 
+// One thread's share of the last-level cache for marginalised strips: half of the cache split
+// among the threads (the rest holds what the prefetchers bring and the outputs), counting at
+// most 32 MiB (virtual machines may report far more than the guest gets).
+int64_t last_level_cache_share(int64_t threads) {
+  const int64_t level3 = std::min<int64_t>(last_level_cache_bytes(), int64_t(32) << 20);
+  return level3 / (2 * std::max<int64_t>(threads, 1));
+}
+
 int64_t round_up(int64_t value, int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
 }
@@ -150,18 +160,30 @@ void run_per_element(const cpu::KernelTable& kernels, const cpu::KernelParams& p
   }
 }
 
-// Marginalised mode: column strips as wide as the cache budget allows, at least one per thread.
+// Marginalised mode: column strips sized so that pass 2 finds the strip's gradients in cache.
+// A strip of rows x width holds (n + 1) inputs; a narrow strip reads each row as a short
+// segment, which costs a TLB entry and a prefetch stream per 64 bytes, so strips are at least
+// kMinCachedStripWidth wide: within the L2 budget when that allows it, else within this thread's
+// share of the last-level cache (many tasks or rows), else kUncachedStripWidth (pass 2 then
+// reads the gradients from memory again). Never wider than kMaxStripWidth, and narrow enough
+// to give every thread a strip.
 int64_t strip_width_for(const cpu::KernelParams& params, int64_t element_size) {
-  // The strip's rows of every input, plus its row-lane sums (detail::kRowLanes per task).
+  const int64_t opmath_size = element_size == 8 ? 8 : 4;
+  // Per column: the strip's inputs, plus the row lanes of a task group (at most 8 tasks).
   const int64_t bytes_per_column =
-      (params.rows + detail::kRowLanes) * (params.num_tasks + 1) * element_size;
-  int64_t width = bytes_per_column > 0 ? strip_cache_budget() / bytes_per_column
-                                       : cpu::kMaxStripWidth;
-  width = width / cpu::kColumnGroup * cpu::kColumnGroup;
-  if (width < cpu::kColumnGroup) width = kUncachedStripWidth;
+      params.rows * (params.num_tasks + 1) * element_size +
+      detail::kRowLanes * std::min<int64_t>(params.num_tasks, 8) * opmath_size;
+  const int64_t threads = at::get_num_threads();
+  auto columns_within = [&](int64_t budget) {
+    return budget / bytes_per_column / cpu::kColumnGroup * cpu::kColumnGroup;
+  };
+  int64_t width = columns_within(strip_cache_budget());
+  if (width < kMinCachedStripWidth) {
+    width = columns_within(std::max(strip_cache_budget(), last_level_cache_share(threads)));
+  }
+  if (width < kMinCachedStripWidth) width = kUncachedStripWidth;
   width = std::min(width, cpu::kMaxStripWidth);
   width = std::min(width, round_up(params.columns, cpu::kColumnGroup));
-  const int64_t threads = at::get_num_threads();
   if (params.rows * params.columns >= kSerialElements &&
       (params.columns + width - 1) / width < threads) {
     width = std::max(cpu::kColumnGroup,

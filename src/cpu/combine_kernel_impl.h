@@ -56,18 +56,23 @@ constexpr int64_t kBlock = 256;
 
 inline int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Blocks (rows in marginalised pass 1) ahead that the loops prefetch: the Philox draw of a block
+// Tasks per register group when the task count is only known at run time (see "Many tasks").
+constexpr int kTaskGroup = 8;
+
+// Blocks (rows in marginalised mode) ahead that the loops prefetch: the Philox draw of a block
 // is pure arithmetic, and without software prefetch the memory streams sit idle while it runs
 // (docs/performance.md).
-constexpr int64_t kPrefetchBlocks = 2;
+constexpr int64_t kPrefetchBlocks = 4;
 
-// Asks for the cache lines of data[first, first + count) (clipped to `size` elements).
+// Asks for the cache lines of data[first, first + count) (clipped to `size` elements) with the
+// L2 hint (prefetcht1): with dozens of task streams it ran faster than the L1 hint, which leaves
+// fewer lines in flight (docs/performance.md, "Many tasks").
 template <typename T>
 inline void prefetch_range(const T* data, int64_t first, int64_t count, int64_t size) {
   const int64_t end = smaller(first + count, size);
   const char* begin_byte = reinterpret_cast<const char*>(data + first);
   const char* end_byte = reinterpret_cast<const char*>(data + end);
-  for (const char* line = begin_byte; line < end_byte; line += 64) __builtin_prefetch(line, 0, 3);
+  for (const char* line = begin_byte; line < end_byte; line += 64) __builtin_prefetch(line, 0, 2);
 }
 
 // ---- Storage types and their conversion to op-math ---------------------------------------
@@ -328,7 +333,7 @@ struct Buffers {
   O* leak;            // [num_tasks]
   const O** views;    // [num_tasks] op-math views of this block's task gradients
   O* column_sums;     // marginalised: [num_tasks][width] sum over rows of s(A) * g_i
-  O* lane_sums;       // marginalised: [kRowLanes][num_tasks][width] the current row chunk's lanes
+  O* lane_sums;       // marginalised: [kRowLanes][group tasks][width] a task group's row lanes
   O* coefficients;    // marginalised: [num_tasks][width] c_i per column
   O* stored;          // the converted output of a block before it is streamed (width values)
   Lanes lanes;
@@ -348,7 +353,8 @@ struct Buffers {
         leak(arena.take<O>(num_tasks)),
         views(arena.take<const O*>(num_tasks)),
         column_sums(arena.take<O>(marginalised ? num_tasks * width : 0)),
-        lane_sums(arena.take<O>(marginalised ? detail::kRowLanes * num_tasks * width : 0)),
+        lane_sums(arena.take<O>(
+            marginalised ? detail::kRowLanes * smaller(num_tasks, kTaskGroup) * width : 0)),
         coefficients(arena.take<O>(marginalised ? num_tasks * width : 0)),
         stored(arena.take<O>(width)),
         lanes(arena, num_tasks, width) {}
@@ -436,6 +442,128 @@ void signal_of_activation(const O* activation, int64_t count, SignSource source,
   }
 }
 
+// ---- Many tasks: the run-time task count in register groups ---------------------------------
+// A task count known only at run time cannot be unrolled, and a loop over the tasks around the
+// loop over positions loads and stores every running sum once per task. The generic forms walk
+// the tasks in groups of kTaskGroup (compile-time counts, the last group shorter): the running
+// sums stay in registers across a group and go through memory once per group. Tasks are still
+// added one after another in task order, starting from 0, so every sum equals the unrolled
+// form's bit for bit.
+template <int kCount>
+using TaskCount = std::integral_constant<int, kCount>;
+
+// Calls body(first, TaskCount<k>()) for the groups [first, first + k) of [0, num_tasks), in order.
+template <typename Body>
+void for_each_task_group(int64_t num_tasks, Body&& body) {
+  int64_t first = 0;
+  for (; first + kTaskGroup <= num_tasks; first += kTaskGroup) body(first, TaskCount<kTaskGroup>());
+  switch (num_tasks - first) {
+    case 1:
+      return body(first, TaskCount<1>());
+    case 2:
+      return body(first, TaskCount<2>());
+    case 3:
+      return body(first, TaskCount<3>());
+    case 4:
+      return body(first, TaskCount<4>());
+    case 5:
+      return body(first, TaskCount<5>());
+    case 6:
+      return body(first, TaskCount<6>());
+    case 7:
+      return body(first, TaskCount<7>());
+    default:
+      return;
+  }
+}
+
+// Adds the task signals G_i of kCount tasks to the running sums of positions [0, count):
+// G_i = signal * task_i, or task_i itself without a signal (marginalised P from column sums).
+template <typename O, int kCount, bool kHasSignal>
+void add_task_signals(const O* signal, const O* const* views, int64_t count, O* signed_sum,
+                      O* absolute_sum, int32_t* positive, int32_t* negative) {
+  const O* task[kCount];
+  GRADDROP_UNROLL_TASKS
+  for (int i = 0; i < kCount; ++i) task[i] = views[i];
+  GRADDROP_SIMD_LOOP
+  for (int64_t k = 0; k < count; ++k) {
+    O signed_value = signed_sum[k], absolute_value = absolute_sum[k];
+    int32_t any_positive = positive[k], any_negative = negative[k];
+    GRADDROP_UNROLL_TASKS
+    for (int i = 0; i < kCount; ++i) {
+      const O task_signal = kHasSignal ? signal[k] * task[i][k] : task[i][k];
+      signed_value += task_signal;
+      absolute_value += std::abs(task_signal);
+      any_positive |= task_signal > O(0);
+      any_negative |= task_signal < O(0);
+    }
+    signed_sum[k] = signed_value;
+    absolute_sum[k] = absolute_value;
+    positive[k] = any_positive;
+    negative[k] = any_negative;
+  }
+}
+
+// Per-element mode: adds c_i * g_i of kCount tasks to combined (and g_i to plain, M_i to the
+// tasks' kept lanes, with statistics) for positions [0, count).
+template <typename O, int kCount, bool kAccumulate>
+void add_masked_tasks(const O* signal, const O* const* views, const O* leak, const O* keep,
+                      const O* uniform, ZeroSign zero_sign, int64_t count, O* combined, O* plain,
+                      int32_t* kept, int64_t lane_width) {
+  const O* task[kCount];
+  O task_leak[kCount];
+  GRADDROP_UNROLL_TASKS
+  for (int i = 0; i < kCount; ++i) {
+    task[i] = views[i];
+    task_leak[i] = leak[i];
+  }
+  GRADDROP_SIMD_LOOP
+  for (int64_t k = 0; k < count; ++k) {
+    O out = combined[k];
+    O plain_value = kAccumulate ? plain[k] : O(0);
+    GRADDROP_UNROLL_TASKS
+    for (int i = 0; i < kCount; ++i) {
+      const O grad = task[i][k];
+      const O task_signal = signal[k] * grad;
+      out += detail::task_coefficient(task_signal, keep[k], uniform[k], task_leak[i], zero_sign) *
+             grad;
+      if constexpr (kAccumulate) {
+        plain_value += grad;
+        kept[i * lane_width + k] += detail::sign_mask(task_signal, keep[k], uniform[k], zero_sign);
+      }
+    }
+    combined[k] = out;
+    if constexpr (kAccumulate) plain[k] = plain_value;
+  }
+}
+
+// Marginalised pass 2: adds c_i * g_i of kCount tasks to combined (and g_i to plain, with
+// statistics) for positions [0, count); coefficient i is at coefficients + i * stride.
+template <typename O, int kCount, bool kAccumulate>
+void add_weighted_tasks(const O* coefficients, int64_t stride, const O* const* views,
+                        int64_t count, O* combined, O* plain) {
+  const O* task[kCount];
+  const O* coefficient[kCount];
+  GRADDROP_UNROLL_TASKS
+  for (int i = 0; i < kCount; ++i) {
+    task[i] = views[i];
+    coefficient[i] = coefficients + i * stride;
+  }
+  GRADDROP_SIMD_LOOP
+  for (int64_t c = 0; c < count; ++c) {
+    O out = combined[c];
+    O plain_value = kAccumulate ? plain[c] : O(0);
+    GRADDROP_UNROLL_TASKS
+    for (int i = 0; i < kCount; ++i) {
+      const O grad = task[i][c];
+      out += coefficient[i][c] * grad;
+      if constexpr (kAccumulate) plain_value += grad;
+    }
+    combined[c] = out;
+    if constexpr (kAccumulate) plain[c] = plain_value;
+  }
+}
+
 // The purity P of positions whose task signals are G_i = signal * task_i (per-element mode:
 // signal = s(A)), or G_i = task_i (marginalised mode, generic form only: signal = nullptr and
 // task_i = the column sums of G_i). Tasks are summed in task order, as everywhere.
@@ -479,17 +607,16 @@ void purity_of(const O* signal, const O* const* views, int64_t num_tasks, int64_
       positive[k] = 0;
       negative[k] = 0;
     }
-    for (int64_t i = 0; i < num_tasks; ++i) {
-      const O* task = views[i];
-      GRADDROP_SIMD_LOOP
-      for (int64_t k = 0; k < count; ++k) {
-        const O task_signal = signal != nullptr ? signal[k] * task[k] : task[k];
-        signed_sum[k] += task_signal;
-        absolute_sum[k] += std::abs(task_signal);
-        positive[k] |= task_signal > O(0);
-        negative[k] |= task_signal < O(0);
+    for_each_task_group(num_tasks, [&](int64_t first, auto group) {
+      constexpr int kCount = decltype(group)::value;
+      if (signal != nullptr) {
+        add_task_signals<O, kCount, true>(signal, views + first, count, signed_sum, absolute_sum,
+                                          positive, negative);
+      } else {
+        add_task_signals<O, kCount, false>(nullptr, views + first, count, signed_sum,
+                                           absolute_sum, positive, negative);
       }
-    }
+    });
     GRADDROP_SIMD_LOOP
     for (int64_t k = 0; k < count; ++k) {
       const O value = detail::purity(signed_sum[k], absolute_sum[k], epsilon);
@@ -571,23 +698,11 @@ void combine_elements(const O* signal, const O* const* views, int64_t num_tasks,
       combined[k] = 0;
       plain[k] = 0;
     }
-    for (int64_t i = 0; i < num_tasks; ++i) {
-      const O* task = views[i];
-      const O task_leak = leak[i];
-      int32_t* kept = lanes.kept + i * lane_width;
-      GRADDROP_SIMD_LOOP
-      for (int64_t k = 0; k < count; ++k) {
-        const O grad = task[k];
-        const O task_signal = signal[k] * grad;
-        combined[k] += detail::task_coefficient(task_signal, keep[k], uniform[k],
-                                                            task_leak, zero_sign) *
-                       grad;
-        if constexpr (kAccumulate) {
-          plain[k] += grad;
-          kept[k] += detail::sign_mask(task_signal, keep[k], uniform[k], zero_sign);
-        }
-      }
-    }
+    for_each_task_group(num_tasks, [&](int64_t first, auto group) {
+      add_masked_tasks<O, decltype(group)::value, kAccumulate>(
+          signal, views + first, leak + first, keep, uniform, zero_sign, count, combined, plain,
+          lanes.kept + first * lane_width, lane_width);
+    });
     if constexpr (kAccumulate) {
       GRADDROP_SIMD_LOOP
       for (int64_t k = 0; k < count; ++k) {
@@ -600,43 +715,51 @@ void combine_elements(const O* signal, const O* const* views, int64_t num_tasks,
   }
 }
 
-// Marginalised pass 1, one row of a strip: column_sums_i += s(A) * g_i.
-template <typename O, int kTasks>
-void accumulate_column_sums(const O* signal, const O* const* views, int64_t num_tasks,
-                            int64_t count, int64_t stride, O* column_sums) {
-  if constexpr (kTasks > 0) {
-    const O* task[kTasks];
-    O* sums[kTasks];
+// Marginalised pass 1, one chunk of rows of a strip for the kCount tasks grads[0, kCount):
+// sums_i += the chunk's sum over rows of s(A) * g_i, in the canonical order of detail/math.h
+// (row lane l adds rows l, l + 8, ... from 0, then the fixed tree). A row of the strip is read
+// once for the whole group; the group's lanes (kRowLanes x kCount rows of the strip) stay in
+// cache whatever the task count. sums_i is at sums + i * width.
+template <typename Type, int kCount>
+void add_chunk_column_sums(const KernelParams& params, const typename Type::storage_t* const* grads,
+                           int64_t chunk_first, int64_t chunk_end, int64_t first_column,
+                           int64_t count, int64_t width, Buffers<typename Type::opmath_t>& buffers,
+                           typename Type::opmath_t* sums) {
+  using O = typename Type::opmath_t;
+  const auto* activation = static_cast<const typename Type::storage_t*>(params.activation);
+  const int64_t size = params.rows * params.columns;
+  const int64_t lane_stride = kCount * width;
+  for (int64_t k = 0; k < detail::kRowLanes * lane_stride; ++k) buffers.lane_sums[k] = 0;
+  for (int64_t row = chunk_first; row < chunk_end; ++row) {
+    const int64_t base = row * params.columns + first_column;
+    if (row + kPrefetchBlocks < params.rows) {
+      const int64_t ahead = base + kPrefetchBlocks * params.columns;
+      prefetch_range(activation, ahead, count, size);
+      GRADDROP_UNROLL_TASKS
+      for (int i = 0; i < kCount; ++i) prefetch_range(grads[i], ahead, count, size);
+    }
+    const O* activation_values = opmath_view<Type>(activation + base, count, buffers.signal);
+    signal_of_activation(activation_values, count, params.sign_source, buffers.signal);
+    const O* signal = buffers.signal;
+    const O* task[kCount];
+    O* lane[kCount];
     GRADDROP_UNROLL_TASKS
-    for (int i = 0; i < kTasks; ++i) {
-      task[i] = views[i];
-      sums[i] = column_sums + i * stride;
+    for (int i = 0; i < kCount; ++i) {
+      task[i] = opmath_view<Type>(grads[i] + base, count, buffers.tasks + i * width);
+      lane[i] = buffers.lane_sums + (row % detail::kRowLanes) * lane_stride + i * width;
     }
     GRADDROP_SIMD_LOOP
     for (int64_t c = 0; c < count; ++c) {
       GRADDROP_UNROLL_TASKS
-      for (int i = 0; i < kTasks; ++i) sums[i][c] += signal[c] * task[i][c];
-    }
-  } else {
-    for (int64_t i = 0; i < num_tasks; ++i) {
-      const O* task = views[i];
-      O* sums = column_sums + i * stride;
-      GRADDROP_SIMD_LOOP
-      for (int64_t c = 0; c < count; ++c) sums[c] += signal[c] * task[c];
+      for (int i = 0; i < kCount; ++i) lane[i][c] += signal[c] * task[i][c];
     }
   }
-}
-
-// Marginalised: column_sums += the chunk's sum, its row lanes combined by the fixed tree.
-template <typename O>
-void add_row_lanes(const O* lane_sums, int64_t lane_stride, int64_t num_tasks, int64_t count,
-                   int64_t stride, O* column_sums) {
-  for (int64_t i = 0; i < num_tasks; ++i) {
-    const O* lanes = lane_sums + i * stride;
-    O* sums = column_sums + i * stride;
+  for (int i = 0; i < kCount; ++i) {
+    const O* lanes = buffers.lane_sums + i * width;
+    O* task_sums = sums + i * width;
     GRADDROP_SIMD_LOOP
     for (int64_t c = 0; c < count; ++c) {
-      sums[c] += detail::sum_of_row_lanes(lanes + c, lane_stride);
+      task_sums[c] += detail::sum_of_row_lanes(lanes + c, lane_stride);
     }
   }
 }
@@ -697,15 +820,10 @@ void apply_coefficients(const O* coefficients, int64_t stride, const O* const* v
       combined[c] = 0;
       plain[c] = 0;
     }
-    for (int64_t i = 0; i < num_tasks; ++i) {
-      const O* task = views[i];
-      const O* coefficient = coefficients + i * stride;
-      GRADDROP_SIMD_LOOP
-      for (int64_t c = 0; c < count; ++c) {
-        combined[c] += coefficient[c] * task[c];
-        if constexpr (kAccumulate) plain[c] += task[c];
-      }
-    }
+    for_each_task_group(num_tasks, [&](int64_t first, auto group) {
+      add_weighted_tasks<O, decltype(group)::value, kAccumulate>(
+          coefficients + first * stride, stride, views + first, count, combined, plain);
+    });
     if constexpr (kAccumulate) {
       GRADDROP_SIMD_LOOP
       for (int64_t c = 0; c < count; ++c) {
@@ -817,7 +935,6 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
   ScratchArena arena(scratch);
   Buffers<O> buffers(arena, num_tasks, strip_width, true);
   for (int64_t i = 0; i < num_tasks; ++i) buffers.leak[i] = static_cast<O>(params.leak[i]);
-  const auto* activation = static_cast<const S*>(params.activation);
   const auto* const* grads = reinterpret_cast<const S* const*>(params.grads);
   auto* output = static_cast<S*>(params.output);
   const auto* explicit_uniform = static_cast<const O*>(params.uniform);
@@ -841,8 +958,7 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
 
       // Pass 1: the signals summed over the batch in the canonical order of detail/math.h
       // (row lanes inside chunks of rows, a fixed tree, chunks in order), as the GPU sums them;
-      // or the given (global) sums.
-      const int64_t lane_stride = num_tasks * width_stride;
+      // or the given (global) sums. Per chunk, the tasks in register groups.
       for (int64_t i = 0; i < num_tasks; ++i) {
         O* sums = buffers.column_sums + i * width_stride;
         const O* given = sums_in != nullptr ? sums_in + i * columns + first_column : nullptr;
@@ -852,29 +968,11 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
       for (int64_t chunk_first = 0; chunk_first < summed_rows;
            chunk_first += detail::kRowChunk) {
         const int64_t chunk_end = smaller(summed_rows, chunk_first + detail::kRowChunk);
-        for (int64_t k = 0; k < detail::kRowLanes * lane_stride; ++k) buffers.lane_sums[k] = 0;
-        for (int64_t row = chunk_first; row < chunk_end; ++row) {
-          const int64_t base = row * columns + first_column;
-          if (row + kPrefetchBlocks < rows) {
-            const int64_t ahead = base + kPrefetchBlocks * columns;
-            prefetch_range(activation, ahead, count, rows * columns);
-            for (int64_t i = 0; i < num_tasks; ++i) {
-              prefetch_range(grads[i], ahead, count, rows * columns);
-            }
-          }
-          const O* activation_values =
-              opmath_view<Type>(activation + base, count, buffers.signal);
-          signal_of_activation(activation_values, count, params.sign_source, buffers.signal);
-          for (int64_t i = 0; i < num_tasks; ++i) {
-            buffers.views[i] =
-                opmath_view<Type>(grads[i] + base, count, buffers.tasks + i * width_stride);
-          }
-          O* lane = buffers.lane_sums + (row % detail::kRowLanes) * lane_stride;
-          accumulate_column_sums<O, kTasks>(buffers.signal, buffers.views, num_tasks, count,
-                                            width_stride, lane);
-        }
-        add_row_lanes(buffers.lane_sums, lane_stride, num_tasks, count, width_stride,
-                      buffers.column_sums);
+        for_each_task_group(num_tasks, [&](int64_t first, auto group) {
+          add_chunk_column_sums<Type, decltype(group)::value>(
+              params, grads + first, chunk_first, chunk_end, first_column, count, width_stride,
+              buffers, buffers.column_sums + first * width_stride);
+        });
       }
 
       if (sums_out != nullptr) {
@@ -908,6 +1006,11 @@ void column_strips(const KernelParams& params, int64_t strip_width, int64_t stri
       // Pass 2: the strip's gradients again, from cache when the strip fits.
       for (int64_t row = 0; row < rows; ++row) {
         const int64_t base = row * columns + first_column;
+        if (row + kPrefetchBlocks < rows) {
+          for (int64_t i = 0; i < num_tasks; ++i) {
+            prefetch_range(grads[i], base + kPrefetchBlocks * columns, count, rows * columns);
+          }
+        }
         for (int64_t i = 0; i < num_tasks; ++i) {
           buffers.views[i] =
               opmath_view<Type>(grads[i] + base, count, buffers.tasks + i * width_stride);

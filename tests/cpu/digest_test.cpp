@@ -52,6 +52,7 @@ struct DigestCase {
   bool statistics;
   uint64_t output_digest;
   uint64_t statistics_digest;  // 0 without statistics
+  bool mixed_leaks = false;     // leak 0, 0.25, 0.5, 0.75 in turn
 };
 
 GradDropOptions options_of(const DigestCase& c) {
@@ -64,6 +65,11 @@ GradDropOptions options_of(const DigestCase& c) {
   if (c.num_tasks == 8) options.keep_function(KeepFunction::kSigmoid).scale(1.5);
   if (c.num_tasks == 2 && !c.marginalize) options.zero_sign(ZeroSign::kKeep);
   if (c.dtype == at::kDouble) options.sign_source(SignSource::kActivationValue);
+  if (c.mixed_leaks) {
+    std::vector<double> leak;
+    for (int64_t task = 0; task < c.num_tasks; ++task) leak.push_back(0.25 * (task % 4));
+    options.leak(leak);
+  }
   return options;
 }
 
@@ -86,6 +92,20 @@ const std::vector<DigestCase>& digest_cases() {
        0xa8da62278c86a5bdull, 0x5f3a7bd4a8648d7bull},
       {"f32_marginalised_n1", {513, 17}, at::kFloat, 1, true, false, true,
        0x5b5de25e6a9d9666ull, 0x786ee713e009d67full},
+      // Many tasks (task groups of 8 and their remainders), recorded with the build of commit
+      // 28ec19c (before the many-task kernel).
+      {"f32_per_element_n13_stats", {20000}, at::kFloat, 13, false, false, true,
+       0x6da7e057a3de2128ull, 0xc6cc6a4173ed7bc6ull, true},
+      {"f32_per_element_n40_norm", {33000}, at::kFloat, 40, false, true, true,
+       0x9a455da859c18281ull, 0x03118346197141c4ull, true},
+      {"bf16_per_element_n64", {5000}, at::kBFloat16, 64, false, false, true,
+       0x818669d97987b6ddull, 0xc19dd8fce7d64ac7ull, true},
+      {"f32_marginalised_n17_norm", {1030, 90}, at::kFloat, 17, true, true, true,
+       0x6b54fb9a4346ea7dull, 0xaa0c0545e2c4ba35ull, true},
+      {"f32_marginalised_n64", {600, 70}, at::kFloat, 64, true, false, true,
+       0xeee7aecf3d378a0bull, 0x7b5443825abb22a7ull, true},
+      {"f16_marginalised_n9", {77, 45}, at::kHalf, 9, true, false, false,
+       0x532e05f9166b7560ull, 0, true},
   };
   return cases;
 }
