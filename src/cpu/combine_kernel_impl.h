@@ -479,7 +479,8 @@ void for_each_task_group(int64_t num_tasks, Body&& body) {
 
 // Adds the task signals G_i of kCount tasks to the running sums of positions [0, count):
 // G_i = signal * task_i, or task_i itself without a signal (marginalised P from column sums).
-template <typename O, int kCount, bool kHasSignal>
+// The signs seen (positive, negative) only with statistics (kConflicts), for the conflict count.
+template <typename O, int kCount, bool kHasSignal, bool kConflicts>
 void add_task_signals(const O* signal, const O* const* views, int64_t count, O* signed_sum,
                       O* absolute_sum, int32_t* positive, int32_t* negative) {
   const O* task[kCount];
@@ -488,7 +489,8 @@ void add_task_signals(const O* signal, const O* const* views, int64_t count, O* 
   GRADDROP_SIMD_LOOP
   for (int64_t k = 0; k < count; ++k) {
     O signed_value = signed_sum[k], absolute_value = absolute_sum[k];
-    int32_t any_positive = positive[k], any_negative = negative[k];
+    int32_t any_positive = kConflicts ? positive[k] : 0;
+    int32_t any_negative = kConflicts ? negative[k] : 0;
     GRADDROP_UNROLL_TASKS
     for (int i = 0; i < kCount; ++i) {
       const O task_signal = kHasSignal ? signal[k] * task[i][k] : task[i][k];
@@ -499,8 +501,10 @@ void add_task_signals(const O* signal, const O* const* views, int64_t count, O* 
     }
     signed_sum[k] = signed_value;
     absolute_sum[k] = absolute_value;
-    positive[k] = any_positive;
-    negative[k] = any_negative;
+    if constexpr (kConflicts) {
+      positive[k] = any_positive;
+      negative[k] = any_negative;
+    }
   }
 }
 
@@ -610,11 +614,12 @@ void purity_of(const O* signal, const O* const* views, int64_t num_tasks, int64_
     for_each_task_group(num_tasks, [&](int64_t first, auto group) {
       constexpr int kCount = decltype(group)::value;
       if (signal != nullptr) {
-        add_task_signals<O, kCount, true>(signal, views + first, count, signed_sum, absolute_sum,
-                                          positive, negative);
+        add_task_signals<O, kCount, true, kAccumulate>(signal, views + first, count, signed_sum,
+                                                       absolute_sum, positive, negative);
       } else {
-        add_task_signals<O, kCount, false>(nullptr, views + first, count, signed_sum,
-                                           absolute_sum, positive, negative);
+        add_task_signals<O, kCount, false, kAccumulate>(nullptr, views + first, count,
+                                                        signed_sum, absolute_sum, positive,
+                                                        negative);
       }
     });
     GRADDROP_SIMD_LOOP
