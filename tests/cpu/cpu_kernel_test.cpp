@@ -459,6 +459,25 @@ TEST(CpuKernel, UndefinedHeadsAreSkippedExactly) {
   }
 }
 
+// No defined task gradient, or a batch of no rows, in marginalised mode: the output is zero and
+// the strip sizing has nothing to divide by (a fuzz case found that division, seed 248869459).
+TEST(CpuKernel, MarginalisedWithoutRowsOrGradientsGivesZeros) {
+  auto generator = testing::seeded_generator(308);
+  for (const std::vector<int64_t>& shape : {std::vector<int64_t>{0, 70}, {5, 70}}) {
+    for (bool any_defined : {false, true}) {
+      SCOPED_TRACE("rows=" + std::to_string(shape[0]) + " any_defined=" +
+                   std::to_string(any_defined));
+      const auto activation = testing::random_activation(shape, at::kFloat, generator);
+      std::vector<at::Tensor> grads(3);
+      if (any_defined) grads[1] = testing::random_grads(activation, 1, generator)[0];
+      const auto output =
+          combine(grads, activation, GradDropOptions(3).marginalize_batch(true).seed(4));
+      EXPECT_EQ(output.sizes(), activation.sizes());
+      if (!any_defined) EXPECT_EQ(output.count_nonzero().item<int64_t>(), 0);
+    }
+  }
+}
+
 // --- Determinism ------------------------------------------------------------------------------
 
 // Output, statistics and the keep_grad_norm rescaling are bit-identical on 1 and 2 threads, for
