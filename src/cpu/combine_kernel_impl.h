@@ -56,7 +56,7 @@ constexpr int64_t kBlock = 256;
 
 inline int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Tasks per register group when the task count is only known at run time (see "Many tasks").
+// Tasks per register group when the task count is only known at run time ("Sums over tasks").
 constexpr int kTaskGroup = 8;
 
 // Blocks (rows in marginalised mode) ahead that the loops prefetch: the Philox draw of a block
@@ -442,13 +442,15 @@ void signal_of_activation(const O* activation, int64_t count, SignSource source,
   }
 }
 
-// ---- Many tasks: the run-time task count in register groups ---------------------------------
-// A task count known only at run time cannot be unrolled, and a loop over the tasks around the
-// loop over positions loads and stores every running sum once per task. The generic forms walk
-// the tasks in groups of kTaskGroup (compile-time counts, the last group shorter): the running
-// sums stay in registers across a group and go through memory once per group. Tasks are still
-// added one after another in task order, starting from 0, so every sum equals the unrolled
-// form's bit for bit.
+// ---- Sums over tasks --------------------------------------------------------------------------
+// Every sum over tasks adds the tasks one after another in task order, starting from 0. Up to 8
+// tasks the count is a template parameter: one group holds every task (kWhole), the task loop
+// unrolls completely and the running sums stay in registers from 0 to the result. A count known
+// only at run time goes in groups of kTaskGroup (the last one shorter), each a compile-time count:
+// the running sums stay in registers across a group and go through memory once per group, where
+// a plain loop over tasks would load and store them once per task. Both are the loops below, so
+// every task count gives the bits the unrolled form gives.
+
 template <int kCount>
 using TaskCount = std::integral_constant<int, kCount>;
 
@@ -477,20 +479,46 @@ void for_each_task_group(int64_t num_tasks, Body&& body) {
   }
 }
 
-// Adds the task signals G_i of kCount tasks to the running sums of positions [0, count):
-// G_i = signal * task_i, or task_i itself without a signal (marginalised P from column sums).
-// The signs seen (positive, negative) only with statistics (kConflicts), for the conflict count.
-template <typename O, int kCount, bool kHasSignal, bool kConflicts>
-void add_task_signals(const O* signal, const O* const* views, int64_t count, O* signed_sum,
-                      O* absolute_sum, int32_t* positive, int32_t* negative) {
+// P of position k from its task-signal sums, and (with statistics) its purity and conflict lanes.
+template <typename O, bool kAccumulate>
+inline void finish_purity(int64_t k, O signed_sum, O absolute_sum, int32_t positive,
+                          int32_t negative, O epsilon, Buffers<O>& buffers) {
+  const O value = detail::purity(signed_sum, absolute_sum, epsilon);
+  buffers.purity[k] = value;
+  if constexpr (kAccumulate) {
+    buffers.lanes.purity[k] += static_cast<double>(value);
+    buffers.lanes.conflict[k] += positive & negative;
+  }
+}
+
+// The statistics lanes of position k: the squares of the output and of the plain sum.
+template <typename O>
+inline void add_squares(int64_t k, O out, O plain, Lanes& lanes) {
+  lanes.output_square[k] += static_cast<double>(out) * static_cast<double>(out);
+  lanes.plain_square[k] += static_cast<double>(plain) * static_cast<double>(plain);
+}
+
+// The task signals G_i of kCount tasks summed for positions [0, count): G_i = signal * task_i,
+// or task_i itself without a signal (marginalised P from column sums). kWhole: these are all the
+// tasks, and the sums end as P; else they continue buffers' running sums (signed, absolute, and
+// with statistics the signs seen, for the conflict count).
+template <typename O, int kCount, bool kHasSignal, bool kAccumulate, bool kWhole>
+void add_task_signals(const O* signal, const O* const* views, int64_t count, O epsilon,
+                      Buffers<O>& buffers) {
   const O* task[kCount];
   GRADDROP_UNROLL_TASKS
   for (int i = 0; i < kCount; ++i) task[i] = views[i];
+  O* signed_sum = buffers.signed_sum;
+  O* absolute_sum = buffers.absolute_sum;
+  int32_t* positive = buffers.positive;
+  int32_t* negative = buffers.negative;
+  constexpr bool kLoadSigns = kAccumulate && !kWhole;
   GRADDROP_SIMD_LOOP
   for (int64_t k = 0; k < count; ++k) {
-    O signed_value = signed_sum[k], absolute_value = absolute_sum[k];
-    int32_t any_positive = kConflicts ? positive[k] : 0;
-    int32_t any_negative = kConflicts ? negative[k] : 0;
+    O signed_value = kWhole ? O(0) : signed_sum[k];
+    O absolute_value = kWhole ? O(0) : absolute_sum[k];
+    int32_t any_positive = kLoadSigns ? positive[k] : 0;
+    int32_t any_negative = kLoadSigns ? negative[k] : 0;
     GRADDROP_UNROLL_TASKS
     for (int i = 0; i < kCount; ++i) {
       const O task_signal = kHasSignal ? signal[k] * task[i][k] : task[i][k];
@@ -499,21 +527,28 @@ void add_task_signals(const O* signal, const O* const* views, int64_t count, O* 
       any_positive |= task_signal > O(0);
       any_negative |= task_signal < O(0);
     }
-    signed_sum[k] = signed_value;
-    absolute_sum[k] = absolute_value;
-    if constexpr (kConflicts) {
-      positive[k] = any_positive;
-      negative[k] = any_negative;
+    if constexpr (kWhole) {
+      finish_purity<O, kAccumulate>(k, signed_value, absolute_value, any_positive, any_negative,
+                                    epsilon, buffers);
+    } else {
+      signed_sum[k] = signed_value;
+      absolute_sum[k] = absolute_value;
+      if constexpr (kAccumulate) {
+        positive[k] = any_positive;
+        negative[k] = any_negative;
+      }
     }
   }
 }
 
-// Per-element mode: adds c_i * g_i of kCount tasks to combined (and g_i to plain, M_i to the
-// tasks' kept lanes, with statistics) for positions [0, count).
-template <typename O, int kCount, bool kAccumulate>
+// Per-element mode: c_i * g_i of kCount tasks (the first one task `first`) summed into combined
+// for positions [0, count); with statistics also g_i (the plain sum) and M_i (the tasks' kept
+// lanes). kWhole: these are all the tasks, and the statistics lanes take the squares; else the
+// sums continue combined and buffers.plain_sum.
+template <typename O, int kCount, bool kAccumulate, bool kWhole>
 void add_masked_tasks(const O* signal, const O* const* views, const O* leak, const O* keep,
-                      const O* uniform, ZeroSign zero_sign, int64_t count, O* combined, O* plain,
-                      int32_t* kept, int64_t lane_width) {
+                      const O* uniform, ZeroSign zero_sign, int64_t count, int64_t first,
+                      O* combined, Buffers<O>& buffers) {
   const O* task[kCount];
   O task_leak[kCount];
   GRADDROP_UNROLL_TASKS
@@ -521,10 +556,14 @@ void add_masked_tasks(const O* signal, const O* const* views, const O* leak, con
     task[i] = views[i];
     task_leak[i] = leak[i];
   }
+  Lanes& lanes = buffers.lanes;
+  const int64_t lane_width = lanes.width;
+  int32_t* kept = lanes.kept + first * lane_width;
+  O* plain = buffers.plain_sum;
   GRADDROP_SIMD_LOOP
   for (int64_t k = 0; k < count; ++k) {
-    O out = combined[k];
-    O plain_value = kAccumulate ? plain[k] : O(0);
+    O out = kWhole ? O(0) : combined[k];
+    O plain_value = kAccumulate && !kWhole ? plain[k] : O(0);
     GRADDROP_UNROLL_TASKS
     for (int i = 0; i < kCount; ++i) {
       const O grad = task[i][k];
@@ -537,15 +576,17 @@ void add_masked_tasks(const O* signal, const O* const* views, const O* leak, con
       }
     }
     combined[k] = out;
-    if constexpr (kAccumulate) plain[k] = plain_value;
+    if constexpr (kAccumulate && kWhole) add_squares(k, out, plain_value, lanes);
+    if constexpr (kAccumulate && !kWhole) plain[k] = plain_value;
   }
 }
 
-// Marginalised pass 2: adds c_i * g_i of kCount tasks to combined (and g_i to plain, with
-// statistics) for positions [0, count); coefficient i is at coefficients + i * stride.
-template <typename O, int kCount, bool kAccumulate>
+// Marginalised pass 2: c_i * g_i of kCount tasks summed into combined for positions
+// [0, count) (coefficient i at coefficients + i * stride); with statistics also g_i. kWhole as
+// for add_masked_tasks.
+template <typename O, int kCount, bool kAccumulate, bool kWhole>
 void add_weighted_tasks(const O* coefficients, int64_t stride, const O* const* views,
-                        int64_t count, O* combined, O* plain) {
+                        int64_t count, O* combined, Buffers<O>& buffers) {
   const O* task[kCount];
   const O* coefficient[kCount];
   GRADDROP_UNROLL_TASKS
@@ -553,10 +594,11 @@ void add_weighted_tasks(const O* coefficients, int64_t stride, const O* const* v
     task[i] = views[i];
     coefficient[i] = coefficients + i * stride;
   }
+  O* plain = buffers.plain_sum;
   GRADDROP_SIMD_LOOP
   for (int64_t c = 0; c < count; ++c) {
-    O out = combined[c];
-    O plain_value = kAccumulate ? plain[c] : O(0);
+    O out = kWhole ? O(0) : combined[c];
+    O plain_value = kAccumulate && !kWhole ? plain[c] : O(0);
     GRADDROP_UNROLL_TASKS
     for (int i = 0; i < kCount; ++i) {
       const O grad = task[i][c];
@@ -564,72 +606,57 @@ void add_weighted_tasks(const O* coefficients, int64_t stride, const O* const* v
       if constexpr (kAccumulate) plain_value += grad;
     }
     combined[c] = out;
-    if constexpr (kAccumulate) plain[c] = plain_value;
+    if constexpr (kAccumulate && kWhole) add_squares(c, out, plain_value, buffers.lanes);
+    if constexpr (kAccumulate && !kWhole) plain[c] = plain_value;
+  }
+}
+
+// Zeroes the running sums that groups of a run-time task count continue, for positions
+// [0, count): the task-signal sums (purity_of), or the output and plain sums.
+template <typename O>
+void clear_signal_sums(int64_t count, Buffers<O>& buffers) {
+  GRADDROP_SIMD_LOOP
+  for (int64_t k = 0; k < count; ++k) {
+    buffers.signed_sum[k] = 0;
+    buffers.absolute_sum[k] = 0;
+    buffers.positive[k] = 0;
+    buffers.negative[k] = 0;
+  }
+}
+
+template <typename O>
+void clear_output_sums(int64_t count, O* combined, Buffers<O>& buffers) {
+  GRADDROP_SIMD_LOOP
+  for (int64_t k = 0; k < count; ++k) {
+    combined[k] = 0;
+    buffers.plain_sum[k] = 0;
   }
 }
 
 // The purity P of positions whose task signals are G_i = signal * task_i (per-element mode:
-// signal = s(A)), or G_i = task_i (marginalised mode, generic form only: signal = nullptr and
-// task_i = the column sums of G_i). Tasks are summed in task order, as everywhere.
+// signal = s(A)), or G_i = task_i (marginalised mode, a run-time count only: signal = nullptr
+// and task_i = the column sums of G_i), into buffers.purity.
 template <typename O, int kTasks, bool kAccumulate>
 void purity_of(const O* signal, const O* const* views, int64_t num_tasks, int64_t count,
                O epsilon, Buffers<O>& buffers) {
-  O* purity = buffers.purity;
-  Lanes& lanes = buffers.lanes;
   if constexpr (kTasks > 0) {
-    const O* task[kTasks];
-    GRADDROP_UNROLL_TASKS
-    for (int i = 0; i < kTasks; ++i) task[i] = views[i];
-    GRADDROP_SIMD_LOOP
-    for (int64_t k = 0; k < count; ++k) {
-      O signed_sum = 0, absolute_sum = 0;
-      int32_t positive = 0, negative = 0;
-      GRADDROP_UNROLL_TASKS
-      for (int i = 0; i < kTasks; ++i) {
-        const O task_signal = signal[k] * task[i][k];
-        signed_sum += task_signal;
-        absolute_sum += std::abs(task_signal);
-        positive |= task_signal > O(0);
-        negative |= task_signal < O(0);
-      }
-      const O value = detail::purity(signed_sum, absolute_sum, epsilon);
-      purity[k] = value;
-      if constexpr (kAccumulate) {
-        lanes.purity[k] += static_cast<double>(value);
-        lanes.conflict[k] += positive & negative;
-      }
-    }
+    add_task_signals<O, kTasks, true, kAccumulate, true>(signal, views, count, epsilon, buffers);
   } else {
-    O* signed_sum = buffers.signed_sum;
-    O* absolute_sum = buffers.absolute_sum;
-    int32_t* positive = buffers.positive;
-    int32_t* negative = buffers.negative;
-    GRADDROP_SIMD_LOOP
-    for (int64_t k = 0; k < count; ++k) {
-      signed_sum[k] = 0;
-      absolute_sum[k] = 0;
-      positive[k] = 0;
-      negative[k] = 0;
-    }
+    clear_signal_sums<O>(count, buffers);
     for_each_task_group(num_tasks, [&](int64_t first, auto group) {
       constexpr int kCount = decltype(group)::value;
       if (signal != nullptr) {
-        add_task_signals<O, kCount, true, kAccumulate>(signal, views + first, count, signed_sum,
-                                                       absolute_sum, positive, negative);
+        add_task_signals<O, kCount, true, kAccumulate, false>(signal, views + first, count,
+                                                              epsilon, buffers);
       } else {
-        add_task_signals<O, kCount, false, kAccumulate>(nullptr, views + first, count,
-                                                        signed_sum, absolute_sum, positive,
-                                                        negative);
+        add_task_signals<O, kCount, false, kAccumulate, false>(nullptr, views + first, count,
+                                                               epsilon, buffers);
       }
     });
     GRADDROP_SIMD_LOOP
     for (int64_t k = 0; k < count; ++k) {
-      const O value = detail::purity(signed_sum[k], absolute_sum[k], epsilon);
-      purity[k] = value;
-      if constexpr (kAccumulate) {
-        lanes.purity[k] += static_cast<double>(value);
-        lanes.conflict[k] += positive[k] & negative[k];
-      }
+      finish_purity<O, kAccumulate>(k, buffers.signed_sum[k], buffers.absolute_sum[k],
+                                    buffers.positive[k], buffers.negative[k], epsilon, buffers);
     }
   }
 }
@@ -664,57 +691,20 @@ template <typename O, int kTasks, bool kAccumulate>
 void combine_elements(const O* signal, const O* const* views, int64_t num_tasks, const O* keep,
                       const O* uniform, const O* leak, ZeroSign zero_sign, int64_t count,
                       O* combined, Buffers<O>& buffers) {
-  Lanes& lanes = buffers.lanes;
-  const int64_t lane_width = lanes.width;
   if constexpr (kTasks > 0) {
-    const O* task[kTasks];
-    O task_leak[kTasks];
-    GRADDROP_UNROLL_TASKS
-    for (int i = 0; i < kTasks; ++i) {
-      task[i] = views[i];
-      task_leak[i] = leak[i];
-    }
-    GRADDROP_SIMD_LOOP
-    for (int64_t k = 0; k < count; ++k) {
-      O out = 0, plain = 0;
-      GRADDROP_UNROLL_TASKS
-      for (int i = 0; i < kTasks; ++i) {
-        const O grad = task[i][k];
-        const O task_signal = signal[k] * grad;
-        out += detail::task_coefficient(task_signal, keep[k], uniform[k], task_leak[i],
-                                        zero_sign) *
-               grad;
-        if constexpr (kAccumulate) {
-          plain += grad;
-          lanes.kept[i * lane_width + k] +=
-              detail::sign_mask(task_signal, keep[k], uniform[k], zero_sign);
-        }
-      }
-      combined[k] = out;
-      if constexpr (kAccumulate) {
-        lanes.output_square[k] += static_cast<double>(out) * static_cast<double>(out);
-        lanes.plain_square[k] += static_cast<double>(plain) * static_cast<double>(plain);
-      }
-    }
+    add_masked_tasks<O, kTasks, kAccumulate, true>(signal, views, leak, keep, uniform, zero_sign,
+                                                   count, 0, combined, buffers);
   } else {
-    O* plain = buffers.plain_sum;
-    GRADDROP_SIMD_LOOP
-    for (int64_t k = 0; k < count; ++k) {
-      combined[k] = 0;
-      plain[k] = 0;
-    }
+    clear_output_sums<O>(count, combined, buffers);
     for_each_task_group(num_tasks, [&](int64_t first, auto group) {
-      add_masked_tasks<O, decltype(group)::value, kAccumulate>(
-          signal, views + first, leak + first, keep, uniform, zero_sign, count, combined, plain,
-          lanes.kept + first * lane_width, lane_width);
+      add_masked_tasks<O, decltype(group)::value, kAccumulate, false>(
+          signal, views + first, leak + first, keep, uniform, zero_sign, count, first, combined,
+          buffers);
     });
     if constexpr (kAccumulate) {
       GRADDROP_SIMD_LOOP
       for (int64_t k = 0; k < count; ++k) {
-        const double out = static_cast<double>(combined[k]);
-        const double plain_value = static_cast<double>(plain[k]);
-        lanes.output_square[k] += out * out;
-        lanes.plain_square[k] += plain_value * plain_value;
+        add_squares(k, combined[k], buffers.plain_sum[k], buffers.lanes);
       }
     }
   }
@@ -794,48 +784,19 @@ void column_coefficients(const O* column_sums, int64_t num_tasks, int64_t stride
 template <typename O, int kTasks, bool kAccumulate>
 void apply_coefficients(const O* coefficients, int64_t stride, const O* const* views,
                         int64_t num_tasks, int64_t count, O* combined, Buffers<O>& buffers) {
-  Lanes& lanes = buffers.lanes;
   if constexpr (kTasks > 0) {
-    const O* task[kTasks];
-    const O* coefficient[kTasks];
-    GRADDROP_UNROLL_TASKS
-    for (int i = 0; i < kTasks; ++i) {
-      task[i] = views[i];
-      coefficient[i] = coefficients + i * stride;
-    }
-    GRADDROP_SIMD_LOOP
-    for (int64_t c = 0; c < count; ++c) {
-      O out = 0, plain = 0;
-      GRADDROP_UNROLL_TASKS
-      for (int i = 0; i < kTasks; ++i) {
-        const O grad = task[i][c];
-        out += coefficient[i][c] * grad;
-        if constexpr (kAccumulate) plain += grad;
-      }
-      combined[c] = out;
-      if constexpr (kAccumulate) {
-        lanes.output_square[c] += static_cast<double>(out) * static_cast<double>(out);
-        lanes.plain_square[c] += static_cast<double>(plain) * static_cast<double>(plain);
-      }
-    }
+    add_weighted_tasks<O, kTasks, kAccumulate, true>(coefficients, stride, views, count, combined,
+                                                     buffers);
   } else {
-    O* plain = buffers.plain_sum;
-    GRADDROP_SIMD_LOOP
-    for (int64_t c = 0; c < count; ++c) {
-      combined[c] = 0;
-      plain[c] = 0;
-    }
+    clear_output_sums<O>(count, combined, buffers);
     for_each_task_group(num_tasks, [&](int64_t first, auto group) {
-      add_weighted_tasks<O, decltype(group)::value, kAccumulate>(
-          coefficients + first * stride, stride, views + first, count, combined, plain);
+      add_weighted_tasks<O, decltype(group)::value, kAccumulate, false>(
+          coefficients + first * stride, stride, views + first, count, combined, buffers);
     });
     if constexpr (kAccumulate) {
       GRADDROP_SIMD_LOOP
       for (int64_t c = 0; c < count; ++c) {
-        const double out = static_cast<double>(combined[c]);
-        const double plain_value = static_cast<double>(plain[c]);
-        lanes.output_square[c] += out * out;
-        lanes.plain_square[c] += plain_value * plain_value;
+        add_squares(c, combined[c], buffers.plain_sum[c], buffers.lanes);
       }
     }
   }
