@@ -460,7 +460,7 @@ TEST(CpuKernel, UndefinedHeadsAreSkippedExactly) {
 }
 
 // No defined task gradient, or a batch of no rows, in marginalised mode: the output is zero and
-// the strip sizing has nothing to divide by (a fuzz case found that division, seed 248869459).
+// the strip sizing has nothing to divide by (the fuzz test found that division by zero).
 TEST(CpuKernel, MarginalisedWithoutRowsOrGradientsGivesZeros) {
   auto generator = testing::seeded_generator(308);
   for (const std::vector<int64_t>& shape : {std::vector<int64_t>{0, 70}, {5, 70}}) {
