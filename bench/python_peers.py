@@ -11,7 +11,7 @@ each layer's output size (e.g. 512,2048,2048,512: Linear 512->2048, ReLU, 2048->
 --tasks 2,8,40 as defaults, so any of these given explicitly still wins. The full CelebA table
 (2 threads, all four methods side by side, about 6 to 8 minutes on 2 cores; TorchJD at 40 tasks,
 2 GiB and several seconds a step, is the slowest):
-    bash bench/python_peers.sh --preset celeba --devices cpu --threads 2 --steps 20 --warmup 2
+    bash bench/python_peers.sh --preset celeba --devices cpu --threads 2 --steps 15 --warmup 2
 
 Timing: every method gets its own copy of the same initial model and the steps of the
 methods are interleaved (round robin), so a change of machine load hits them alike; the median

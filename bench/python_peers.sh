@@ -9,7 +9,7 @@
 # size; overrides --in-features/--width/--depth). --preset celeba is the GradDrop paper's CelebA
 # shape: --trunk 512,2048,2048,512 --classes 2 --batch 256 --tasks 2,8,40, each overridable by
 # giving it explicitly. The full CelebA table (all four methods, 2 threads):
-#   bash bench/python_peers.sh --preset celeba --devices cpu --threads 2 --steps 20 --warmup 2
+#   bash bench/python_peers.sh --preset celeba --devices cpu --threads 2 --steps 15 --warmup 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

@@ -169,11 +169,11 @@ void run_per_element(const cpu::KernelTable& kernels, const cpu::KernelParams& p
 // to give every thread a strip.
 int64_t strip_width_for(const cpu::KernelParams& params, int64_t element_size) {
   const int64_t opmath_size = element_size == 8 ? 8 : 4;
-  // Per column: the strip's inputs, plus the row lanes of a task group (at most 8 tasks); at
-  // least 1 (a call may have no rows, or no defined task gradient).
+  // Per column: the strip's inputs, plus the row lanes of a task group; at least 1 (a call may
+  // have no rows, or no defined task gradient).
   const int64_t bytes_per_column = std::max<int64_t>(
       params.rows * (params.num_tasks + 1) * element_size +
-          detail::kRowLanes * std::min<int64_t>(params.num_tasks, 8) * opmath_size,
+          detail::kRowLanes * std::min<int64_t>(params.num_tasks, cpu::kTaskGroup) * opmath_size,
       1);
   const int64_t threads = at::get_num_threads();
   auto columns_within = [&](int64_t budget) {

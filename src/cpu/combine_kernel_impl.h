@@ -56,9 +56,6 @@ constexpr int64_t kBlock = 256;
 
 inline int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Tasks per register group when the task count is only known at run time ("Sums over tasks").
-constexpr int kTaskGroup = 8;
-
 // Blocks (rows in marginalised mode) ahead that the loops prefetch: the Philox draw of a block
 // is pure arithmetic, and without software prefetch the memory streams sit idle while it runs
 // (docs/performance.md).

@@ -20,6 +20,9 @@ constexpr int64_t kElementTile = 16384;
 constexpr int64_t kColumnGroup = 16;
 // The widest column strip (bounds the per-thread scratch).
 constexpr int64_t kMaxStripWidth = 2048;
+// Tasks per register group when the task count is known only at run time: the kernels sum
+// the tasks in groups of this many, and a group's row lanes bound the marginalised scratch.
+constexpr int kTaskGroup = 8;
 
 // One combine call, with undefined task gradients already removed (they contribute nothing to
 // any sum; the caller accounts for their statistics).
